@@ -1,0 +1,85 @@
+"""Small GPT-2 models trained from scratch, and the supervised (pretraining) loop.
+
+Model sizes are named; ``"gpt2-small"`` is the paper's GPT-2 small configuration (12 layers,
+768 dims, 12 heads, ~86M parameters with a 106-word vocabulary and n_ctx 64).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from tqdm.auto import tqdm
+from transformers import GPT2Config, GPT2LMHeadModel
+
+# name -> (layers, embedding dims, heads)
+MODEL_SIZES = {
+    "tiny": (2, 64, 2),
+    "small": (4, 128, 4),
+    "medium": (6, 256, 8),
+    "gpt2-small": (12, 768, 12),
+}
+
+
+def build_gpt2(size: str, tokenizer, n_positions: int = 64, seed: int = 0) -> GPT2LMHeadModel:
+    """A freshly initialised GPT-2 of the named size for ``tokenizer``'s vocabulary."""
+    if size not in MODEL_SIZES:
+        raise ValueError(f"model size must be one of {list(MODEL_SIZES)}, got {size!r}")
+    n_layer, n_embd, n_head = MODEL_SIZES[size]
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=n_positions, n_embd=n_embd,
+                        n_layer=n_layer, n_head=n_head, bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(config)
+
+
+def pad_batch(seqs: list[list[int]], pad_id: int, loss_masks: list[list[int]] | None = None):
+    """Right-pad token lists into input_ids, attention_mask and labels (-100 where no loss)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    att = torch.zeros((len(seqs), width), dtype=torch.long)
+    labels = torch.full((len(seqs), width), -100, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        att[i, : len(s)] = 1
+        keep = torch.tensor(loss_masks[i], dtype=torch.bool) if loss_masks else torch.ones(len(s), dtype=torch.bool)
+        labels[i, : len(s)] = torch.where(keep, torch.tensor(s), torch.tensor(-100))
+    return ids, att, labels
+
+
+def train_lm(model, sequences: list[list[int]], pad_id: int, *, steps: int, batch_size: int = 64,
+             lr: float = 1e-4, weight_decay: float = 0.1, warmup_steps: int = 0, seed: int = 0,
+             loss_masks: list[list[int]] | None = None, desc: str = "pretraining") -> list[float]:
+    """Next-token training with AdamW and a cosine schedule for ``steps`` optimizer steps.
+
+    Examples are visited in shuffled epochs (so ``steps = ceil(len/batch)`` is one epoch).
+    ``loss_masks`` (1 = train on this token) restricts the loss, e.g. to a fill-in middle.
+    Returns the loss of every step."""
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+    def lr_at(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    model.train()
+    order: list[int] = []
+    losses = []
+    batch_size = min(batch_size, len(sequences))
+    for _ in tqdm(range(steps), desc=desc, mininterval=2):
+        if len(order) < batch_size:
+            order += torch.randperm(len(sequences), generator=g).tolist()
+        idx, order = order[:batch_size], order[batch_size:]
+        ids, att, labels = pad_batch([sequences[i] for i in idx], pad_id,
+                                     [loss_masks[i] for i in idx] if loss_masks else None)
+        loss = model(input_ids=ids, attention_mask=att, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses

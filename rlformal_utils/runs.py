@@ -1,0 +1,172 @@
+"""Run bookkeeping: seeding, parameter checks, atomic result files, the model cache.
+
+A run directory holds ``config.json`` (written first), ``metrics.csv`` (one row per step)
+and ``summary.json`` (written last). While a run trains, its rows go to
+``metrics.partial.csv``; only a finished run renames it to ``metrics.csv`` and then writes
+``summary.json``. So a killed run never leaves files that look complete:
+``is_complete(run_dir)`` is true only after the last write.
+"""
+from __future__ import annotations
+
+import csv
+import fcntl
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CACHE_DIR = Path(os.environ.get("RLFORMAL_CACHE", REPO_ROOT / ".cache"))
+
+
+def set_seed(seed: int) -> None:
+    """One call seeds Python's random, numpy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- parameters
+class ParameterError(ValueError):
+    """A notebook parameter has a value that is not allowed."""
+
+
+def check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ParameterError(f"parameter {name}={value!r} is not allowed; choose one of {list(allowed)}")
+
+
+def check_int(name: str, value, low: int | None = None, high: int | None = None) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    ok = ok and (low is None or value >= low) and (high is None or value <= high)
+    if not ok:
+        raise ParameterError(f"parameter {name}={value!r} must be an integer in "
+                             f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]")
+
+
+def check_float(name: str, value, low: float | None = None, high: float | None = None) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+    ok = ok and (low is None or value >= low) and (high is None or value <= high)
+    if not ok:
+        raise ParameterError(f"parameter {name}={value!r} must be a number in "
+                             f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]")
+
+
+# ----------------------------------------------------------------------------- atomic files
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write to a temporary file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be read
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
+
+
+def _jsonable(x):
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serialisable: {type(x)}")
+
+
+class RunLog:
+    """Writes a run's ``config.json``, its metrics rows and, at the end, its summary."""
+
+    def __init__(self, run_dir: str | os.PathLike, config: dict):
+        self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("summary.json", "metrics.csv"):  # a rerun starts incomplete
+            (self.dir / stale).unlink(missing_ok=True)
+        atomic_write_json(self.dir / "config.json", config)
+        self.rows: list[dict] = []
+
+    def log(self, row: dict) -> None:
+        self.rows.append({k: _scalar(v) for k, v in row.items()})
+
+    def flush(self, name: str = "metrics.partial.csv") -> None:
+        if not self.rows:
+            return
+        fields = list(dict.fromkeys(k for r in self.rows for k in r))
+        lines = _csv_text(fields, self.rows)
+        atomic_write_text(self.dir / name, lines)
+
+    def finish(self, summary: dict) -> None:
+        """Rename the metrics to their final name, then write ``summary.json`` last."""
+        self.flush("metrics.csv")
+        (self.dir / "metrics.partial.csv").unlink(missing_ok=True)
+        atomic_write_json(self.dir / "summary.json", summary)
+
+
+def _scalar(v):
+    if isinstance(v, torch.Tensor):
+        return v.item()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _csv_text(fields, rows) -> str:
+    import io
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def is_complete(run_dir: str | os.PathLike) -> bool:
+    d = Path(run_dir)
+    return all((d / f).exists() for f in ("config.json", "metrics.csv", "summary.json"))
+
+
+# ----------------------------------------------------------------------------- model cache
+def config_key(config: dict) -> str:
+    """A short stable hash of a JSON-able configuration."""
+    blob = json.dumps(config, sort_keys=True, default=_jsonable).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def cached_dir(kind: str, config: dict, build, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Return ``<cache>/<kind>/<hash of config>``, calling ``build(tmp_dir)`` first when it
+    is missing. ``build`` writes into a temporary folder that is renamed only when it
+    returns, so an interrupted build is never mistaken for a finished one."""
+    root = Path(cache_dir or CACHE_DIR) / kind
+    final = root / config_key(config)
+    if (final / "rlformal_config.json").exists():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f"{final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel runs wait for one build instead of racing
+        if (final / "rlformal_config.json").exists():
+            return final
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".building-"))
+        try:
+            build(tmp)
+            atomic_write_json(tmp / "rlformal_config.json", config)
+            os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return final

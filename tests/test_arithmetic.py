@@ -1,0 +1,124 @@
+"""The arithmetic task: generator, chains, tokenizer and the paper's reward."""
+import math
+import random
+import statistics
+
+import pytest
+
+from rlformal_utils import arithmetic as A
+
+
+# ----------------------------------------------------------------------------- reward
+@pytest.mark.parametrize("off_by, expected", [(0, 1.0), (1, 0.95), (2, 0.90), (5, 0.76), (10, 0.54), (20, 0.24)])
+def test_reward_hand_worked_values(off_by, expected):
+    # the values quoted in the paper's description: r = 2 / (1 + e^(err/10))
+    prompt = "6 + 0 + 8 + 6 + 7 = 6 + 8 + 6 + 7 = 6 + 8 + 13 = 14 + 13 ="
+    assert A.reward(f"{prompt} {27 - off_by}") == pytest.approx(expected, abs=0.005)
+    assert A.reward(f"{prompt} {27 + off_by}") == pytest.approx(expected, abs=0.005)
+
+
+def test_reward_sums_errors_over_every_stated_result():
+    # 1 + 2 + 3 = 6: stating "1 + 5" (=6, ok) then "7" (off by 1): err = 1
+    assert A.answer_error("1 + 2 + 3 = 1 + 5 = 7") == 1
+    # intermediate off by 2 and answer off by 1: err = 3
+    assert A.answer_error("1 + 2 + 3 = 1 + 7 = 7") == 3
+    assert A.reward("1 + 2 + 3 = 1 + 7 = 7") == pytest.approx(2 / (1 + math.exp(0.3)))
+
+
+@pytest.mark.parametrize("text", [
+    "", "garbage", "1 + 2", "1 + 2 =", "1 + 2 = ", "1 + 2 = +", "1 + 2 = 1 + 2",  # wrong operator count
+    "1 + 2 + 3 = 6", "= 3", "1 + + 2 = 3", "1 + 2 = 3 3", "[EOS]", "1 + 2 = [EOS]", "1 + 2 = ==",
+])
+def test_reward_is_near_zero_for_malformed_answers(text):
+    assert A.answer_error(text) == math.inf
+    r = A.reward(text)
+    assert 0 <= r < 1e-20 and math.isfinite(r)
+
+
+def test_reward_clips_error_at_500():
+    assert A.reward("1 + 2 = 99") == pytest.approx(2 / (1 + math.exp(9.6)))
+    big = "9" * 5000  # larger than Python's int-conversion limit
+    assert A.reward(f"1 + 2 = {big}") == pytest.approx(2 / (1 + math.exp(50)))
+    assert A.reward("99 * 99 * 99 * 99 = 0 * 99 * 99") == pytest.approx(2 / (1 + math.exp(50)))
+
+
+def test_reward_is_total_on_fuzzed_strings():
+    rng = random.Random(0)
+    alphabet = "0123456789+*= \n\t[]BOSEPADxé漢\x00-/()"
+    for _ in range(3000):
+        s = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
+        r = A.reward(s)
+        assert isinstance(r, float) and 0.0 <= r <= 1.0 and math.isfinite(r), s
+    assert A.reward(None) == 0.0
+    assert 0 <= A.reward("1 + 2 = 3 " * 10_000) <= 1
+
+
+def test_reward_ignores_special_tokens_around_the_answer():
+    assert A.reward("[BOS] 1 + 2 = 3 [EOS]") == 1.0
+    assert A.reward("1+2=3") == 1.0  # spaces are optional
+
+
+# ----------------------------------------------------------------------------- generator
+def test_generator_follows_the_paper():
+    rng = random.Random(123)
+    exprs = [A.generate_expression(rng) for _ in range(5000)]
+    values = [A.evaluate(A.split_words(e)) for e in exprs]
+    n_operands = [len(A.split_words(e)) // 2 + 1 for e in exprs]
+    assert all(len(e) <= 10 and not e.endswith("+") and " " not in e for e in exprs)
+    assert all(0 <= v < 100 for v in values)
+    assert set(n_operands) <= {4, 5}
+    assert statistics.mean(values) == pytest.approx(24.5, abs=0.6)  # "mean about 24.5"
+    assert min(values) >= 1 and max(values) <= 50
+    assert all(0 <= int(w) <= 10 for e in exprs for w in A.split_words(e)[::2][:-1])
+
+
+def test_generator_is_seeded():
+    a = [A.generate_expression(random.Random(7)) for _ in range(3)]
+    b = [A.generate_expression(random.Random(7)) for _ in range(3)]
+    assert a == b
+
+
+def test_solution_chain_is_a_valid_derivation():
+    rng = random.Random(1)
+    for _ in range(300):
+        e = A.generate_expression(rng)
+        chain = A.solution_chain(e, rng)
+        parts = [A.split_words(p) for p in chain.split("=")]
+        value = A.evaluate(A.split_words(e))
+        assert [A.evaluate(p) for p in parts] == [value] * len(parts)
+        assert [len(p) // 2 for p in parts] == list(range(len(parts[0]) // 2, -1, -1))
+        assert A.reward(chain) == 1.0
+
+
+def test_chain_example_from_the_paper_and_prompt_cut():
+    p = A.make_problem("6+0+8+6+7", random.Random(1))
+    assert p.chain.startswith("6 + 0 + 8 + 6 + 7 = ") and p.chain.endswith("= 27")
+    assert p.prompt.endswith("=") and p.prompt + " 27" == p.chain and p.answer == 27
+
+
+def test_heldout_is_disjoint_and_fixed_by_the_seed():
+    train, held = A.make_splits(2000, 300, seed=0)
+    assert not {p.expression for p in train} & {p.expression for p in held}
+    assert len({p.expression for p in held}) == 300
+    _, held_again = A.make_splits(10, 300, seed=0)  # training size does not change the held-out set
+    assert [p.chain for p in held] == [p.chain for p in held_again]
+
+
+def test_naive_solution_is_about_25_and_worth_about_075():
+    _, held = A.make_splits(0, 2000, seed=3)
+    answer, r = A.best_constant_reward([p.answer for p in held])
+    assert 22 <= answer <= 27 and r == pytest.approx(0.75, abs=0.03)
+
+
+# ----------------------------------------------------------------------------- tokenizer
+def test_tokenizer_vocabulary_and_round_trip():
+    tok = A.make_tokenizer()
+    assert len(tok) == 106 and tok.padding_side == "right"
+    p = A.make_problem("10+3+5+2", random.Random(0))
+    ids = A.encode_chain(tok, p)
+    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+    assert len(ids) == len(p.chain.split()) + 2  # one token per word: numbers are single tokens
+    assert tok.decode(ids, skip_special_tokens=True) == p.chain
+    assert tok(p.chain)["input_ids"] == ids[1:-1]
+    nums = A.number_token_ids(tok)
+    assert tok.convert_ids_to_tokens(nums) == [str(n) for n in range(100)]

@@ -1,0 +1,141 @@
+"""The PPO subclass on a tiny model: it trains, logs the entropy terms, and the batch-entropy
+gradient points the right way."""
+import random
+
+import pytest
+import torch
+
+from rlformal_utils import arithmetic as A
+from rlformal_utils.arithmetic_rl import answer_stats, banned_ids, prompt_tensors
+from rlformal_utils.entropy import batch_entropy_stats
+from rlformal_utils.ppo import make_trainer, next_token_logits, sample_one_token
+from rlformal_utils.pretrain import build_gpt2, train_lm
+
+B = 8
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return A.make_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def problems():
+    train, _ = A.make_splits(64, 0, seed=0)
+    return train
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory, tok):
+    d = tmp_path_factory.mktemp("tiny")
+    build_gpt2("tiny", tok, seed=0).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def collapsed_dir(tmp_path_factory, tok, problems):
+    """A tiny model pretrained to answer 7 to every prompt: batch entropy near 0."""
+    d = tmp_path_factory.mktemp("collapsed")
+    model = build_gpt2("tiny", tok, seed=0)
+    seqs = [A.encode_prompt(tok, p) + tok.convert_tokens_to_ids(["7"]) for p in problems]
+    masks = [[0] * (len(s) - 1) + [1] for s in seqs]
+    train_lm(model, seqs, tok.pad_token_id, steps=60, batch_size=32, lr=3e-3, loss_masks=masks, desc="collapse")
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def _trainer(path, tok, **kw):
+    args = dict(learning_rate=1e-3, batch_size=B, mini_batch_size=4, ppo_epochs=2, seed=0)
+    args.update(kw)
+    return make_trainer(str(path), tok, **args)
+
+
+def _rollout(trainer, tok, batch):
+    q = prompt_tensors(tok, batch)
+    logits = next_token_logits(trainer.model, q)
+    a = sample_one_token(logits, banned_ids(tok))
+    words = tok.convert_ids_to_tokens(a.tolist())
+    return q, [x[None] for x in a], [torch.tensor(A.reward(f"{p.prompt} {w}")) for p, w in zip(batch, words)]
+
+
+def test_one_step_changes_the_weights_and_logs_the_terms(base_dir, tok, problems):
+    torch.manual_seed(0)
+    trainer = _trainer(base_dir, tok, token_entropy_coef=0.3, batch_entropy_coef=0.3)
+    before = {k: v.clone() for k, v in trainer.model.pretrained_model.named_parameters()}
+    stats = trainer.step(*_rollout(trainer, tok, problems[:B]))
+    changed = [k for k, v in trainer.model.pretrained_model.named_parameters() if not torch.equal(v, before[k])]
+    assert len(changed) == len(before)
+    for key in ["token_entropy", "batch_entropy", "sample_entropy", "mutual_information", "max_share"]:
+        assert f"ppo/policy/{key}" in stats
+    h, h_i = stats["ppo/policy/batch_entropy"], stats["ppo/policy/sample_entropy"]
+    assert 0 < h <= torch.log(torch.tensor(len(tok))).item() + 1e-4 and h >= h_i - 1e-5
+    assert stats["ppo/loss/entropy_bonus"] == pytest.approx(
+        0.3 * stats["ppo/policy/token_entropy"] + 0.3 * h, rel=1e-2)
+
+
+def test_loss_subtracts_the_entropy_bonus_so_gradient_descent_raises_it(base_dir, tok):
+    trainer = _trainer(base_dir, tok, batch_entropy_coef=1.0)
+    g = torch.Generator().manual_seed(0)
+    n, T, V = 6, 5, len(tok)
+    logits = (torch.randn(n, T, V, generator=g) * 4).requires_grad_()
+    mask = torch.zeros(n, T); mask[:, 3] = 1
+    zeros = torch.zeros(n, T)
+    logprobs = torch.log_softmax(logits, -1)[..., 0]
+    pg, vf, stats = trainer.loss(logprobs.detach(), zeros, logits, zeros, logprobs, mask, zeros, zeros)
+    pg.backward()  # zero advantages: the only gradient is the batch-entropy bonus
+    h0 = batch_entropy_stats(logits, mask)["batch_entropy"].item()
+    h1 = batch_entropy_stats(logits - 0.5 * logits.grad, mask)["batch_entropy"].item()
+    assert stats["policy/batch_entropy"].item() == pytest.approx(h0, rel=1e-5)
+    assert h1 > h0 + 1e-3
+
+
+def test_batch_entropy_bonus_pulls_a_collapsed_policy_apart(collapsed_dir, tok, problems):
+    """Same seed, same constant rewards (zero advantages): only c_batch differs."""
+    heldout = prompt_tensors(tok, problems[:32])
+    result = {}
+    for c_batch in (0.0, 2.0):
+        torch.manual_seed(0); random.seed(0)
+        trainer = _trainer(collapsed_dir, tok, batch_entropy_coef=c_batch, kl_mode="policy")
+        h_start = answer_stats(next_token_logits(trainer.model, heldout), tok)
+        for step in range(3):
+            q, r, _ = _rollout(trainer, tok, problems[step * B:(step + 1) * B])
+            trainer.step(q, r, [torch.tensor(0.5)] * B)
+        result[c_batch] = answer_stats(next_token_logits(trainer.model, heldout), tok)
+    assert h_start["max_share"] > 0.8  # the fixture really is collapsed
+    assert result[2.0]["batch_entropy"] > result[0.0]["batch_entropy"] + 0.1
+    assert result[2.0]["batch_entropy"] > h_start["batch_entropy"] + 0.1
+    assert result[2.0]["max_share"] < result[0.0]["max_share"]
+
+
+def test_kl_modes(base_dir, tok, problems):
+    policy_ref = _trainer(base_dir, tok, kl_mode="policy", learning_rate=3e-3)
+    frozen_ref = _trainer(base_dir, tok, kl_mode="frozen", learning_rate=3e-3, adaptive_kl=False)
+    assert policy_ref.ref_model is policy_ref.model and frozen_ref.ref_model is not frozen_ref.model
+    kls = {"policy": [], "frozen": []}
+    for step in range(3):
+        for name, tr in (("policy", policy_ref), ("frozen", frozen_ref)):
+            kls[name].append(tr.step(*_rollout(tr, tok, problems[step * B:(step + 1) * B]))["objective/kl"])
+    assert all(k == 0 for k in kls["policy"])  # the reference code's setting: never any KL penalty
+    assert kls["frozen"][0] == pytest.approx(0, abs=1e-5) and abs(kls["frozen"][-1]) > 1e-4
+    with pytest.raises(ValueError, match="kl_mode"):
+        _trainer(base_dir, tok, kl_mode="none")
+
+
+def test_sampling_never_returns_banned_tokens_and_greedy_is_argmax(tok):
+    logits = torch.zeros(500, len(tok))
+    logits[:, tok.pad_token_id] = 100  # the most likely token is banned
+    ids = sample_one_token(logits, banned_ids(tok), generator=torch.Generator().manual_seed(0))
+    assert not set(ids.tolist()) & set(banned_ids(tok))
+    logits[:, 40] = 50
+    assert (sample_one_token(logits, banned_ids(tok), greedy=True) == 40).all()
+
+
+def test_next_token_logits_batches_prompts_of_different_lengths(base_dir, tok, problems):
+    trainer = _trainer(base_dir, tok)
+    q = prompt_tensors(tok, problems[:40])
+    assert len({len(x) for x in q}) > 1
+    batched = next_token_logits(trainer.model, q)
+    one_by_one = torch.cat([next_token_logits(trainer.model, [x]) for x in q])
+    assert torch.allclose(batched, one_by_one, atol=1e-5)

@@ -1,0 +1,82 @@
+"""Run bookkeeping: seeding, parameter checks, atomic outputs, the model cache."""
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from rlformal_utils import runs
+from rlformal_utils.runs import ParameterError
+
+
+def test_one_seed_call_covers_random_numpy_and_torch():
+    def draw():
+        return random.random(), np.random.rand(), torch.rand(1).item()
+    runs.set_seed(5); a = draw()
+    runs.set_seed(5); b = draw()
+    runs.set_seed(6); c = draw()
+    assert a == b and a != c
+
+
+def test_parameter_checks_name_the_parameter_and_the_allowed_values():
+    with pytest.raises(ParameterError, match=r"kl_mode='none'.*\['frozen', 'policy'\]"):
+        runs.check_choice("kl_mode", "none", ["frozen", "policy"])
+    with pytest.raises(ParameterError, match=r"ppo_steps=-1.*\[0, inf\]"):
+        runs.check_int("ppo_steps", -1, 0)
+    for bad in [1.5, "3", True, None]:
+        with pytest.raises(ParameterError):
+            runs.check_int("n", bad, 0)
+    for bad in [float("nan"), float("inf"), "1e-4", -1.0]:
+        with pytest.raises(ParameterError):
+            runs.check_float("lr", bad, 0.0)
+    runs.check_float("lr", 1e-4, 0.0, 1.0)
+    runs.check_int("n", 3, 0, 3)
+
+
+def test_a_run_looks_complete_only_after_finish(tmp_path):
+    log = runs.RunLog(tmp_path / "r", {"seed": 1})
+    assert json.loads((tmp_path / "r" / "config.json").read_text()) == {"seed": 1}
+    log.log({"step": 1, "reward": torch.tensor(0.5)})
+    log.flush()
+    assert (tmp_path / "r" / "metrics.partial.csv").exists()
+    assert not runs.is_complete(tmp_path / "r")  # killed here: nothing looks complete
+    log.log({"step": 2, "reward": 0.7, "extra": np.float32(1.0)})
+    log.finish({"final": 0.7})
+    assert runs.is_complete(tmp_path / "r")
+    assert not (tmp_path / "r" / "metrics.partial.csv").exists()
+    lines = (tmp_path / "r" / "metrics.csv").read_text().splitlines()
+    assert lines[0] == "step,reward,extra" and lines[1] == "1,0.5," and len(lines) == 3
+    runs.RunLog(tmp_path / "r", {"seed": 1})  # a rerun into the same folder starts incomplete
+    assert not runs.is_complete(tmp_path / "r")
+
+
+def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
+    p = tmp_path / "x.json"
+    runs.atomic_write_json(p, {"a": 1})
+    with pytest.raises(TypeError):
+        runs.atomic_write_json(p, {"a": object()})
+    assert json.loads(p.read_text()) == {"a": 1}
+    assert [f.name for f in tmp_path.iterdir()] == ["x.json"]  # no temporary file left behind
+
+
+def test_cache_builds_once_and_never_keeps_a_failed_build(tmp_path):
+    calls = []
+
+    def build(d):
+        calls.append(d)
+        (d / "weights.bin").write_text("w")
+
+    a = runs.cached_dir("m", {"size": 1}, build, cache_dir=tmp_path)
+    b = runs.cached_dir("m", {"size": 1}, build, cache_dir=tmp_path)
+    c = runs.cached_dir("m", {"size": 2}, build, cache_dir=tmp_path)
+    assert a == b != c and len(calls) == 2 and (a / "weights.bin").exists()
+
+    def broken(d):
+        (d / "half.bin").write_text("h")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runs.cached_dir("m", {"size": 3}, broken, cache_dir=tmp_path)
+    assert not (tmp_path / "m" / runs.config_key({"size": 3})).exists()
+    assert not list((tmp_path / "m").glob(".building-*"))
