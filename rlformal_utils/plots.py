@@ -128,8 +128,9 @@ def fig_reward(metrics, naive_reward):
 
 
 def fig_heldout(metrics):
+    top = max(0.3, 1.15 * metrics["heldout_greedy_exact_match"].max())
     return _per_kl_panels(metrics, "heldout_greedy_exact_match", "held-out exact match (greedy)",
-                          "Held-out exact match (mean ± sd over seeds)", ylim=(0, 1), window=1)
+                          "Held-out exact match (mean ± sd over seeds)", ylim=(0, min(1.0, top)), window=1)
 
 
 def fig_entropy(metrics):
@@ -175,6 +176,10 @@ def fig_final_points(runs: pd.DataFrame, x: str, order, hue="variant", title="")
         sns.stripplot(data=runs, x=x, y=col, hue=hue, order=order, hue_order=hue_order, palette=PALETTE if hue == "variant" else None,
                       dodge=True, color="k", size=4, ax=ax, legend=False)
         ax.set(ylabel=label, xlabel="", ylim=(0, 1))
+    for ax in axes:
+        ax.set_xticks(ax.get_xticks(), [t.get_text().replace(", ", "\n") for t in ax.get_xticklabels()])
+    axes[1].get_legend().remove()
+    axes[0].legend(loc="upper left", fontsize=8, ncol=2)
     if "naive_reward" in runs:
         axes[1].axhline(runs["naive_reward"].iloc[0], ls="--", color="k", lw=1)
     fig.suptitle(title)

@@ -1,0 +1,188 @@
+"""Sentiment figures, drawn only from the files a run writes (metrics.csv, summary.json,
+eval_samples.csv), so every figure can be redrawn without retraining."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+BEFORE_AFTER = {"before": "0.6", "after": sns.color_palette("colorblind")[2]}
+
+
+def setting_label(config: dict) -> str:
+    """Runs that differ only by seed share a setting."""
+    label = f"{config['policy']}" + (f" ({config['policy_size']})" if config["policy"] == "rt-gpt2" else "")
+    label += f", reward {config['reward']}"
+    if config.get("kl_mode", "frozen") != "frozen":
+        label += f", KL ref = {config['kl_mode']}"
+    return label
+
+
+def load_runs(results_dir: str | Path):
+    """All complete sentiment runs: (per-step metrics, one row per run, held-out samples)."""
+    frames, rows, samples = [], [], []
+    for summary_path in sorted(Path(results_dir).glob("*/summary.json")):
+        run = summary_path.parent
+        if not (run / "metrics.csv").exists():
+            continue
+        summary = json.loads(summary_path.read_text())
+        cfg = summary["config"]
+        info = dict(run=run.name, setting=setting_label(cfg), seed=cfg["seed"], reward_name=cfg["reward"],
+                    judge_name=summary["judge"])
+        m = pd.read_csv(run / "metrics.csv").assign(**info)
+        frames.append(m)
+        row = dict(info, steps=cfg["ppo_steps"], batch_size=cfg["ppo_batch_size"], train_seconds=summary["train_seconds"],
+                   seconds_per_step=summary["seconds_per_step"], notebook_seconds=summary.get("notebook_seconds"),
+                   final_kl=float(m["kl"].dropna().tail(10).mean()) if "kl" in m and m["kl"].notna().any() else np.nan,
+                   classifier_heldout_accuracy=(summary.get("classifier") or {}).get("heldout_accuracy"))
+        for when in ("before", "after"):
+            for k, v in summary[when].items():
+                row[f"{when}_{k}"] = v
+        rows.append(row)
+        if (run / "eval_samples.csv").exists():
+            samples.append(pd.read_csv(run / "eval_samples.csv").assign(**info))
+    if not frames:
+        raise FileNotFoundError(f"no complete sentiment runs under {results_dir}")
+    return (pd.concat(frames, ignore_index=True), pd.DataFrame(rows),
+            pd.concat(samples, ignore_index=True) if samples else pd.DataFrame())
+
+
+def plot_sentiment_run(metrics: pd.DataFrame, samples: pd.DataFrame, summary: dict):
+    """One run: training reward, KL, held-out reward distributions, judge share and perplexity."""
+    fig, ax = plt.subplots(2, 2, figsize=(12, 8))
+    train = metrics.dropna(subset=["reward"])
+    a = ax[0, 0]
+    a.plot(train["step"], train["reward"], color="C0", label="training batch (mean)")
+    a.fill_between(train["step"], train["reward"] - train["reward_sd"], train["reward"] + train["reward_sd"],
+                   color="C0", alpha=0.15, label="± sd within batch")
+    if "heldout_reward_mean" in metrics:
+        ev = metrics.dropna(subset=["heldout_reward_mean"])
+        a.plot(ev["step"], ev["heldout_reward_mean"], "o-", color="C3", label="held-out prompts (mean)")
+    a.set(xlabel="PPO step", ylabel=f"reward ({summary['config']['reward']})", title="reward during PPO")
+    a.legend(fontsize=8)
+    a = ax[0, 1]
+    a.plot(train["step"], train["kl"], color="C1")
+    a.set(xlabel="PPO step", ylabel="KL(policy || reference) per response, nats", title="KL to the frozen reference")
+    a = ax[1, 0]
+    bins = np.histogram_bin_edges(np.r_[samples["reward_before"], samples["reward_after"]], bins=30)
+    for when, color in BEFORE_AFTER.items():
+        col = samples[f"reward_{when}"]
+        a.hist(col, bins=bins, alpha=0.55, color=color,
+               label=f"{when} PPO: mean {col.mean():.2f}, median {col.median():.2f}")
+    a.set(xlabel="reward of prompt + response", ylabel="held-out prompts", title="held-out reward distribution")
+    a.legend(fontsize=8)
+    a = ax[1, 1]
+    b, f = summary["before"], summary["after"]
+    labels = [f"positive share\n(judge: {summary['judge']})", "positive share\n(reward model)"]
+    x = np.arange(len(labels))
+    a.bar(x - 0.2, [b["judge_positive_share"], b["reward_positive_share"]], 0.4, color=BEFORE_AFTER["before"], label="before")
+    a.bar(x + 0.2, [f["judge_positive_share"], f["reward_positive_share"]], 0.4, color=BEFORE_AFTER["after"], label="after")
+    a.set_xticks(x, labels)
+    a.set(ylim=(0, 1), ylabel="share of held-out responses",
+          title=f"judge and fluency (reference perplexity {b['perplexity']:.1f} -> {f['perplexity']:.1f})")
+    a.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _band(ax, df: pd.DataFrame, col: str, window: int, label: str, color):
+    """Mean over seeds of a per-run rolling mean, with a ± sd band over seeds."""
+    d = df.dropna(subset=[col]).copy()
+    d["smooth"] = d.groupby("run")[col].transform(lambda s: s.rolling(window, min_periods=1).mean())
+    g = d.groupby("step")["smooth"].agg(["mean", "std", "count"]).fillna(0.0)
+    n = int(d["run"].nunique())
+    ax.plot(g.index, g["mean"], color=color, label=f"{label} ({n} seed{'s' if n > 1 else ''})")
+    ax.fill_between(g.index, g["mean"] - g["std"], g["mean"] + g["std"], color=color, alpha=0.2)
+
+
+def fig_over_steps(metrics: pd.DataFrame, col: str, ylabel: str, title: str, window: int = 5,
+                   by_reward: bool = False):
+    """One curve per setting; ``by_reward`` puts each reward (each its own scale) in its own panel."""
+    groups = list(metrics.groupby("reward_name")) if by_reward else [(None, metrics)]
+    fig, axes = plt.subplots(1, len(groups), figsize=(7 * len(groups), 4.2), squeeze=False)
+    settings = sorted(metrics["setting"].unique())
+    for ax, (reward, part) in zip(axes[0], groups):
+        for setting, d in part.groupby("setting"):
+            _band(ax, d, col, window, setting, f"C{settings.index(setting)}")
+        ax.set(xlabel="PPO step", ylabel=ylabel + (f" ({reward})" if reward else ""), title=title)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def fig_distributions(samples: pd.DataFrame):
+    """Held-out reward distributions before vs after PPO, pooled over seeds, one panel per setting."""
+    settings = sorted(samples["setting"].unique())
+    fig, axes = plt.subplots(1, len(settings), figsize=(6.5 * len(settings), 4.2), squeeze=False)
+    for a, setting in zip(axes[0], settings):
+        d = samples[samples["setting"] == setting]
+        bins = np.histogram_bin_edges(np.r_[d["reward_before"], d["reward_after"]], bins=40)
+        for when, color in BEFORE_AFTER.items():
+            col = d[f"reward_{when}"]
+            a.hist(col, bins=bins, alpha=0.55, color=color, density=True,
+                   label=f"{when} PPO: mean {col.mean():.2f}, median {col.median():.2f}")
+        a.set(xlabel=f"reward ({d['reward_name'].iloc[0]}) of prompt + response", ylabel="density",
+              title=f"{setting}\n{d['run'].nunique()} seed(s) x {len(d) // max(d['run'].nunique(), 1)} held-out prompts")
+        a.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def fig_judge_perplexity(runs: pd.DataFrame):
+    """Before vs after: reward mean, the independent judge's positive share, reference perplexity.
+    Bars: mean over seeds; dots: single seeds."""
+    panels = [("reward_mean", "held-out mean reward"), ("judge_positive_share", "positive share (independent judge)"),
+              ("perplexity", "perplexity of responses\nunder the reference model")]
+    settings = sorted(runs["setting"].unique())
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2))
+    for a, (col, title) in zip(axes, panels):
+        for i, setting in enumerate(settings):
+            d = runs[runs["setting"] == setting]
+            for j, (when, color) in enumerate(BEFORE_AFTER.items()):
+                x = i + (j - 0.5) * 0.4
+                vals = d[f"{when}_{col}"]
+                a.bar(x, vals.mean(), 0.38, color=color, label=f"{when} PPO" if i == 0 else None)
+                a.scatter(np.full(len(vals), x), vals, color="k", s=12, zorder=3)
+        judges = [runs.loc[runs["setting"] == s, "judge_name"].iloc[0] for s in settings]
+        a.set_xticks(range(len(settings)), [s.replace(", ", "\n") + f"\njudge: {j}" for s, j in zip(settings, judges)],
+                     fontsize=8)
+        a.set(title=title)
+        if col == "judge_positive_share":
+            a.set_ylim(0, 1)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _pm(s: pd.Series, digits: int) -> str:
+    s = s.dropna()
+    if len(s) == 0:
+        return ""
+    if len(s) == 1:
+        return f"{s.iloc[0]:.{digits}f}"
+    return f"{s.mean():.{digits}f} ± {s.std(ddof=1):.{digits}f}"
+
+
+def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per setting: held-out numbers before -> after PPO as mean ± sd over seeds."""
+    out = []
+    for setting, d in runs.groupby("setting"):
+        row = {"setting": setting, "seeds": len(d), "PPO steps": int(d["steps"].iloc[0]),
+               "batch": int(d["batch_size"].iloc[0]), "judge": d["judge_name"].iloc[0]}
+        for col, name, digits in [("reward_mean", "mean reward", 2), ("reward_median", "median reward", 2),
+                                  ("judge_positive_share", "judge positive share", 3),
+                                  ("reward_positive_share", "reward-model positive share", 3),
+                                  ("perplexity", "reference perplexity", 1)]:
+            row[f"{name} before"] = _pm(d[f"before_{col}"], digits)
+            row[f"{name} after"] = _pm(d[f"after_{col}"], digits)
+        acc = d["classifier_heldout_accuracy"].dropna()
+        row["classifier held-out accuracy"] = f"{acc.iloc[0]:.3f}" if len(acc) else ""
+        row["final KL (nats)"] = _pm(d["final_kl"], 2)
+        row["s / PPO step"] = _pm(d["seconds_per_step"], 2)
+        row["minutes / run"] = _pm(d["notebook_seconds"] / 60, 1) if d["notebook_seconds"].notna().all() else ""
+        out.append(row)
+    return pd.DataFrame(out)
