@@ -9,6 +9,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from .runs import complete_runs
+
 VARIANTS = ["vanilla", "token entropy", "batch entropy", "both"]
 KL_LABELS = {"policy": "KL 0 (reference = policy, the paper's code)",
              "frozen": "frozen reference, adaptive KL"}
@@ -30,11 +32,7 @@ def pretrain_label(config: dict) -> str:
 def load_runs(results_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """All complete runs under ``results_dir``: (per-step metrics, one summary row per run)."""
     frames, rows = [], []
-    for summary_path in sorted(Path(results_dir).glob("*/summary.json")):
-        run = summary_path.parent
-        if not (run / "metrics.csv").exists():
-            continue
-        summary = json.loads(summary_path.read_text())
+    for run, summary in complete_runs(results_dir):
         cfg = summary["config"]
         info = dict(run=run.name, variant=variant_of(cfg), kl_mode=cfg["kl_mode"], seed=cfg["seed"],
                     pretrain=pretrain_label(cfg), pretrain_examples=cfg["pretrain_examples"])

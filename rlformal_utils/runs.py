@@ -141,6 +141,13 @@ def is_complete(run_dir: str | os.PathLike) -> bool:
     return all((d / f).exists() for f in ("config.json", "metrics.csv", "summary.json"))
 
 
+def complete_runs(results_dir: str | os.PathLike):
+    """Yield (run folder, parsed summary.json) for every complete run under ``results_dir``."""
+    for summary_path in sorted(Path(results_dir).glob("*/summary.json")):
+        if (summary_path.parent / "metrics.csv").exists():
+            yield summary_path.parent, json.loads(summary_path.read_text())
+
+
 # ----------------------------------------------------------------------------- model cache
 def config_key(config: dict) -> str:
     """A short stable hash of a JSON-able configuration."""

@@ -2,13 +2,14 @@
 eval_samples.csv), so every figure can be redrawn without retraining."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+
+from .runs import complete_runs
 
 BEFORE_AFTER = {"before": "0.6", "after": sns.color_palette("colorblind")[2]}
 
@@ -25,11 +26,7 @@ def setting_label(config: dict) -> str:
 def load_runs(results_dir: str | Path):
     """All complete sentiment runs: (per-step metrics, one row per run, held-out samples)."""
     frames, rows, samples = [], [], []
-    for summary_path in sorted(Path(results_dir).glob("*/summary.json")):
-        run = summary_path.parent
-        if not (run / "metrics.csv").exists():
-            continue
-        summary = json.loads(summary_path.read_text())
+    for run, summary in complete_runs(results_dir):
         cfg = summary["config"]
         info = dict(run=run.name, setting=setting_label(cfg), seed=cfg["seed"], reward_name=cfg["reward"],
                     judge_name=summary["judge"])
