@@ -73,18 +73,24 @@ def description_hash(description: str) -> str:
     return hashlib.sha256(description.encode()).hexdigest()[:20]
 
 
-def paren_spans(text: str) -> list[tuple[int, int, int]]:
-    """(start, end, depth) of every balanced "(...)" group; ``text[start:end]`` is the group and
-    depth 0 is the outermost. Parentheses inside double-quoted strings are ignored."""
-    spans, stack, in_string = [], [], False
+def _brackets(text: str):
+    """Yield (index, "(" or ")") of every bracket outside double-quoted strings."""
+    in_string = False
     for i, ch in enumerate(text):
         if ch == '"':
             in_string = not in_string
-        elif in_string:
-            continue
-        elif ch == "(":
+        elif not in_string and ch in "()":
+            yield i, ch
+
+
+def paren_spans(text: str) -> list[tuple[int, int, int]]:
+    """(start, end, depth) of every balanced "(...)" group; ``text[start:end]`` is the group and
+    depth 0 is the outermost. Parentheses inside double-quoted strings are ignored."""
+    spans, stack = [], []
+    for i, ch in _brackets(text):
+        if ch == "(":
             stack.append(i)
-        elif ch == ")" and stack:
+        elif stack:
             start = stack.pop()
             spans.append((start, i + 1, len(stack)))
     return sorted(spans)
@@ -101,6 +107,14 @@ class FimExample:
     @property
     def prompt(self) -> str:
         return make_prompt(self.prefix, self.suffix)
+
+    def prompt_window(self, context_chars: int = 0) -> str:
+        """The prompt with only the last ``context_chars`` characters of the prefix and the first
+        ``context_chars`` of the suffix (0: all of them). The rebuilt game always uses the whole
+        prefix and suffix; the window only limits what the model reads."""
+        if not context_chars:
+            return self.prompt
+        return make_prompt(self.prefix[-context_chars:], self.suffix[:context_chars])
 
     def rebuild(self, middle: str | None = None) -> str:
         return self.prefix + (self.middle if middle is None else middle) + self.suffix
@@ -132,17 +146,13 @@ def cut_middle(text: str) -> str:
     first unmatched ")" (or kept whole); if the brackets never balance, the whole text is kept
     (and the rebuilt game will not parse)."""
     text = text.lstrip()
-    depth, in_string = 0, False
-    for i, ch in enumerate(text):
-        if ch == '"':
-            in_string = not in_string
-        elif in_string:
-            continue
-        elif ch == "(":
+    depth = 0
+    for i, ch in _brackets(text):
+        if ch == "(":
             depth += 1
-        elif ch == ")":
-            if depth == 0:
-                return text[:i]
+        elif depth == 0:
+            return text[:i]
+        else:
             depth -= 1
             if depth == 0:
                 return text[:i + 1]

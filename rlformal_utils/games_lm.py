@@ -31,25 +31,28 @@ def train_tokenizer(texts: list[str], vocab_size: int = 512) -> PreTrainedTokeni
     return fast
 
 
-def encode_prompt(tokenizer, example: FimExample) -> list[int]:
-    return [tokenizer.bos_token_id] + tokenizer(example.prompt, add_special_tokens=False)["input_ids"]
+def encode_prompt(tokenizer, example: FimExample, context_chars: int = 0) -> list[int]:
+    """[BOS] (when the tokenizer has one) + the prompt's tokens; ``context_chars`` > 0 shows only
+    that much prefix / suffix."""
+    bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+    return bos + tokenizer(example.prompt_window(context_chars), add_special_tokens=False)["input_ids"]
 
 
-def encode_example(tokenizer, example: FimExample) -> tuple[list[int], list[int]]:
+def encode_example(tokenizer, example: FimExample, context_chars: int = 0) -> tuple[list[int], list[int]]:
     """(token ids, loss mask): [BOS] prompt middle [EOS] with the loss on middle + [EOS] only."""
-    prompt = encode_prompt(tokenizer, example)
+    prompt = encode_prompt(tokenizer, example, context_chars)
     middle = tokenizer(example.middle, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return prompt + middle, [0] * len(prompt) + [1] * len(middle)
 
 
 def bracket_deltas(tokenizer) -> torch.Tensor:
-    """+1 for the "(" and " (" tokens, -1 for ")", 0 for every other token id."""
-    delta = torch.zeros(len(tokenizer), dtype=torch.long)
-    for text, d in (("(", 1), (" (", 1), (")", -1)):
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        assert len(ids) == 1, f"{text!r} must be one token"
-        delta[ids[0]] = d
-    return delta
+    """Per token id: the number of "(" minus the number of ")" in its text. With the ludax
+    tokenizer only "(", " (" and ")" carry a bracket, so a generation is cut exactly where its
+    brackets balance. A pretrained tokenizer (SmolLM2, hub models) may merge brackets into longer
+    tokens; then the kept tokens can run a few characters past the balancing ")" (the middle text
+    itself is always cut exactly, by ``cut_middle``)."""
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    return torch.tensor([(p or "").count("(") - (p or "").count(")") for p in pieces], dtype=torch.long)
 
 
 def cut_index(ids: list[int] | torch.Tensor, delta: torch.Tensor, eos_id: int) -> int:

@@ -120,20 +120,22 @@ def sentiment_runs(profile: str) -> list[Run]:
 def games_runs(profile: str) -> list[Run]:
     """Game synthesis on ludax (the paper's Task 3): SFT then PPO on fill-in-the-middle prompts,
     scored by ludax playouts; held-out games compare SFT, PPO and the original middles."""
-    if profile == "quick":  # small GPT-2 (4x128) from scratch, one reward worker per run (2 runs in parallel)
-        base = dict(model_size="small", sft_steps=800, ppo_steps=20, n_playouts=32, max_turns=500,
-                    reward_timeout=120, reward_workers=1, n_eval=24,
+    if profile == "quick":  # small GPT-2 (4x128) from scratch on a 48-character window; one reward worker per run
+        base = dict(model_size="small", context_chars=48, max_middle_chars=60, sft_steps=400, ppo_steps=80,
+                    ppo_lr=1e-4, n_playouts=32, max_turns=500, reward_timeout=120, reward_workers=1, n_eval=48,
                     ppo_games=["connect_four", "gomoku", "connect_six", "reversi", "hop_through", "gridworld"])
-        seeds, step_s, overhead = [0, 1], 15.0, 600
+        seeds, step_s, overhead = [0, 1], 12.5, 300
     elif profile == "smoke":  # seconds of training; the first ludax compile still costs ~10-60 s
         base = dict(model_size="tiny", vocab_size=320, sft_steps=5, sft_batch_size=4, ppo_steps=2, ppo_batch_size=4,
                     ppo_mini_batch_size=2, ppo_epochs=1, max_new_tokens=16, max_middle_chars=60, n_playouts=4,
                     max_turns=50, reward_timeout=120, reward_workers=1, n_eval=4, ppo_games=["connect_four"])
         seeds, step_s, overhead = [0], 5.0, 120
-    elif profile == "paper":  # the paper's PPO settings and playout budget, a larger model from scratch
-        base = dict(model_size="medium", sft_steps=3000, ppo_steps=200, ppo_lr=1.41e-5, ppo_batch_size=12,
-                    ppo_mini_batch_size=6, n_playouts=100, max_turns=500, reward_timeout=300, reward_workers=2,
-                    n_eval=100, max_middle_chars=0)
+    elif profile == "paper":  # a pretrained LM (SmolLM2-135M for the paper's pythia-410m) on whole games,
+        # the paper's PPO settings and playout budget
+        base = dict(model_size="smollm2-135m", context_chars=0, max_middle_chars=0, n_positions=1024,
+                    sft_steps=1000, sft_batch_size=8, sft_lr=5e-5, ppo_steps=200, ppo_lr=1.41e-5, ppo_batch_size=12,
+                    ppo_mini_batch_size=6, max_new_tokens=128, n_playouts=100, max_turns=500, reward_timeout=300,
+                    reward_workers=2, n_eval=100)
         seeds, step_s, overhead = [0, 1, 2], 60.0, 3600
     else:
         raise ValueError(f"unknown profile {profile!r}")
@@ -144,9 +146,8 @@ def games_runs(profile: str) -> list[Run]:
 EXPERIMENTS = {"arithmetic": arithmetic_runs, "sentiment": sentiment_runs, "games": games_runs}
 FIGURE_NOTEBOOKS = {"arithmetic": "arithmetic_figures.ipynb", "sentiment": "sentiment_figures.ipynb",
                     "games": "games_figures.ipynb"}
-# What ./run_all.sh runs without --only. Game synthesis is work in progress (its quick profile has not
-# yet completed once on the reference machine), so it runs only when asked: --only games.
-DEFAULT_EXPERIMENTS = ["arithmetic", "sentiment"]
+# What ./run_all.sh runs without --only.
+DEFAULT_EXPERIMENTS = ["arithmetic", "sentiment", "games"]
 
 
 PROFILES = ["quick", "paper", "long", "smoke"]

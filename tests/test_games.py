@@ -213,6 +213,41 @@ def test_tokenizer_keeps_brackets_single_and_round_trips():
     assert tok.decode(mid[:L.cut_index(mid, delta, tok.eos_token_id)]) == ex.middle
 
 
+def test_prompt_window_shows_only_the_local_context():
+    ex = G.FimExample("g", prefix="(game (a b) (c ", middle="(d e)", suffix=") (f g))", depth=2)
+    assert ex.prompt_window(0) == ex.prompt
+    assert ex.prompt_window(5) == "### PRE: ) (c  ### SUF: ) (f  ### MID:"  # last / first 5 characters
+    assert ex.prompt_window(1000) == ex.prompt  # a window wider than the game is the whole game
+    assert ex.rebuild("(x)") == "(game (a b) (c (x)) (f g))"  # the rebuild always uses all of it
+
+
+def test_bracket_deltas_count_brackets_in_any_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from rlformal_utils import games_lm as L
+
+    ours = L.train_tokenizer(list(BUNDLED.values()), vocab_size=400)
+    delta = L.bracket_deltas(ours)
+    expected = {ours.convert_tokens_to_ids(t): d for t, d in (("(", 1), ("Ġ(", 1), (")", -1))}
+    assert {i: int(d) for i, d in enumerate(delta) if d} == expected
+
+    # a plain byte-level BPE (like a pretrained model's) merges runs such as "))" into one token
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    raw.train_from_iterator(list(BUNDLED.values()), trainers.BpeTrainer(
+        vocab_size=600, special_tokens=["[EOS]"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    merged = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="[EOS]")
+    delta = L.bracket_deltas(merged)
+    closing = merged.convert_tokens_to_ids("))")
+    assert closing != merged.unk_token_id and int(delta[closing]) == -2
+    ids = merged("(a (b c)) (tail)", add_special_tokens=False)["input_ids"]
+    kept = merged.decode(ids[:L.cut_index(ids, delta, merged.eos_token_id)])
+    assert kept.startswith("(a (b c))") and G.cut_middle(kept) == "(a (b c))"
+
+
 def test_generate_middles_cuts_where_brackets_balance():
     import torch
     from rlformal_utils import games_lm as L
@@ -236,8 +271,6 @@ def test_games_notebook_runs_through_papermill_with_a_tiny_budget(tmp_path):
     from rlformal_utils.runs import REPO_ROOT
 
     nb = REPO_ROOT / "notebooks" / "games.ipynb"
-    if not nb.exists():
-        pytest.skip("notebooks/games.ipynb not written yet")
     import json
     import subprocess
     import sys
@@ -257,7 +290,12 @@ def test_games_notebook_runs_through_papermill_with_a_tiny_budget(tmp_path):
         assert 0 <= summary["heldout"][arm]["compile_share"] <= 1
 
 
-def test_games_notebook_rejects_a_bad_parameter_before_any_work(tmp_path):
+@pytest.mark.parametrize("bad, error", [
+    (dict(heldout_games=["chess"]), "ParameterError"),
+    (dict(context_chars=-1), "ParameterError"),
+    (dict(model_size="no-such-org/no-such-model"), "OfflineError"),  # a hub id, offline: fails at once
+])
+def test_games_notebook_rejects_a_bad_parameter_before_any_work(tmp_path, bad, error):
     import json
     import subprocess
     import sys
@@ -265,10 +303,10 @@ def test_games_notebook_rejects_a_bad_parameter_before_any_work(tmp_path):
     from rlformal_utils.runs import REPO_ROOT
 
     nb = REPO_ROOT / "notebooks" / "games.ipynb"
-    params = dict(output_dir=str(tmp_path / "run"), heldout_games=["chess"])
+    params = dict(output_dir=str(tmp_path / "run"), **bad)
     cmd = [sys.executable, "-m", "papermill", str(nb), str(tmp_path / "out.ipynb"), "--cwd", str(nb.parent),
            "--no-progress-bar", "-y", json.dumps(params)]
     proc = subprocess.run(cmd, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
-    assert "ParameterError" in proc.stderr and "heldout_games" in proc.stderr
+    assert error in proc.stderr and next(iter(bad)) in proc.stderr
     assert not (tmp_path / "run").exists()  # stopped before writing anything
