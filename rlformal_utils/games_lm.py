@@ -126,6 +126,7 @@ def score_middles(rewarder, examples: list[FimExample], middles: list[str], know
                          exact=m == ex.middle, status=r.status, reward=r.reward, compiles=r.compiles,
                          playable=r.playable, novel=r.playable and novel(g, known), balance=r.balance,
                          completion=r.completion, decisiveness=r.decisiveness, error=r.error[:200],
+                         build_seconds=r.build_seconds, jit_seconds=r.jit_seconds,
                          description=g))
     n = max(len(rows), 1)
     novel_games = {row["description"] for row in rows if row["novel"]}
