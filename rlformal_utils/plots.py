@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 
@@ -171,6 +172,7 @@ def fig_final_points(runs: pd.DataFrame, x: str, order, hue="variant", title="")
         hue_order = [v for v in VARIANTS if v in set(runs[hue])] if hue == "variant" else None
         sns.barplot(data=runs, x=x, y=col, hue=hue, order=order, hue_order=hue_order, palette=PALETTE if hue == "variant" else None,
                     errorbar="sd", alpha=0.6, ax=ax)
+        np.random.seed(0)  # seaborn jitters the dots with numpy's global generator
         sns.stripplot(data=runs, x=x, y=col, hue=hue, order=order, hue_order=hue_order, palette=PALETTE if hue == "variant" else None,
                       dodge=True, color="k", size=4, ax=ax, legend=False)
         ax.set(ylabel=label, xlabel="", ylim=(0, 1))
