@@ -6,6 +6,7 @@ import torch
 from transformers import PreTrainedTokenizerFast, StoppingCriteria, StoppingCriteriaList
 
 from .games import FimExample, cut_middle
+from .modes import eval_mode
 
 SPECIAL_TOKENS = ["[PAD]", "[BOS]", "[EOS]", "### PRE:", "### SUF:", "### MID:"]
 
@@ -81,13 +82,18 @@ class _BalancedStop(StoppingCriteria):
         return ((depth == 0) & (d != 0)).any(1) | (depth < 0).any(1) | (gen == self.eos_id).any(1)
 
 
-@torch.no_grad()
 def generate_middles(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int, greedy: bool = False,
                      batch_size: int = 16, delta: torch.Tensor | None = None) -> list[dict]:
     """Sample (or greedily decode) one middle per prompt; pure sampling (top_k 0, top_p 1,
     temperature 1). Returns per prompt: ``ids`` (the kept response tokens, at least one),
     ``raw_ids`` (everything generated) and ``middle`` (the kept text, cut where brackets balance).
-    Seed torch beforehand for reproducible samples."""
+    Seed torch beforehand for reproducible samples. Runs in eval mode without gradients and
+    leaves the model in the mode it was in."""
+    with eval_mode(model):
+        return _generate(model, tokenizer, prompts, max_new_tokens, greedy, batch_size, delta)
+
+
+def _generate(model, tokenizer, prompts, max_new_tokens, greedy, batch_size, delta) -> list[dict]:
     delta = bracket_deltas(tokenizer) if delta is None else delta
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     out = []

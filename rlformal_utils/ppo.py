@@ -21,6 +21,7 @@ import torch
 from trl import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
 
 from .entropy import batch_entropy_stats, token_entropy
+from .modes import disable_dropout
 
 KL_MODES = ("frozen", "policy")
 
@@ -54,10 +55,12 @@ def make_trainer(model_dir: str, tokenizer, *, learning_rate: float, batch_size:
                  mini_batch_size: int, ppo_epochs: int, kl_mode: str = "frozen",
                  kl_coef: float = 0.2, adaptive_kl: bool = True, token_entropy_coef: float = 0.0,
                  batch_entropy_coef: float = 0.0, seed: int = 0, **ppo_kwargs) -> EntropyPPOTrainer:
-    """Load a causal LM from ``model_dir`` with a fresh value head and wrap it in the trainer."""
+    """Load a causal LM from ``model_dir`` with a fresh value head and wrap it in the trainer.
+    Dropout is disabled in the policy, its value head and so in the reference copy: trl's
+    ``step`` leaves the model in train mode, and sampling must not depend on that."""
     if kl_mode not in KL_MODES:
         raise ValueError(f"kl_mode must be one of {KL_MODES}, got {kl_mode!r}")
-    model = AutoModelForCausalLMWithValueHead.from_pretrained(model_dir)
+    model = disable_dropout(AutoModelForCausalLMWithValueHead.from_pretrained(model_dir))
     config = PPOConfig(learning_rate=learning_rate, batch_size=batch_size,
                        mini_batch_size=mini_batch_size, ppo_epochs=ppo_epochs,
                        init_kl_coef=kl_coef, adap_kl_ctrl=adaptive_kl, seed=seed, **ppo_kwargs)
@@ -65,31 +68,3 @@ def make_trainer(model_dir: str, tokenizer, *, learning_rate: float, batch_size:
     return EntropyPPOTrainer(config=config, model=model, ref_model=ref_model, tokenizer=tokenizer,
                              token_entropy_coef=token_entropy_coef,
                              batch_entropy_coef=batch_entropy_coef)
-
-
-@torch.no_grad()
-def next_token_logits(model, prompts: list[torch.Tensor]) -> torch.Tensor:
-    """Logits of the token after each prompt, shape (B, V). Prompts of equal length are
-    batched together, so no padding (and no position-id bookkeeping) is needed."""
-    out = None
-    by_len: dict[int, list[int]] = {}
-    for i, p in enumerate(prompts):
-        by_len.setdefault(len(p), []).append(i)
-    for idx in by_len.values():
-        ids = torch.stack([prompts[i] for i in idx])
-        logits = model(input_ids=ids)[0][:, -1, :]  # value-head models return a tuple
-        if out is None:
-            out = logits.new_empty(len(prompts), logits.shape[-1])
-        out[idx] = logits
-    return out
-
-
-def sample_one_token(logits: torch.Tensor, banned_ids: list[int], greedy: bool = False,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token per row from softmax(logits) with ``banned_ids`` removed (pure sampling:
-    no top-k, no top-p, temperature 1), or the arg-max when ``greedy``."""
-    logits = logits.clone()
-    logits[:, banned_ids] = float("-inf")
-    if greedy:
-        return logits.argmax(-1)
-    return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(-1)

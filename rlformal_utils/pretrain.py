@@ -8,8 +8,9 @@ from __future__ import annotations
 import math
 
 import torch
-from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel
+
+from .progress import Progress
 
 # name -> (layers, embedding dims, heads)
 MODEL_SIZES = {
@@ -68,7 +69,8 @@ def train_lm(model, sequences: list[list[int]], pad_id: int, *, steps: int, batc
     order: list[int] = []
     losses = []
     batch_size = min(batch_size, len(sequences))
-    for _ in tqdm(range(steps), desc=desc, mininterval=2):
+    bar = Progress(steps, desc)
+    for _ in range(steps):
         if len(order) < batch_size:
             order += torch.randperm(len(sequences), generator=g).tolist()
         idx, order = order[:batch_size], order[batch_size:]
@@ -81,5 +83,7 @@ def train_lm(model, sequences: list[list[int]], pad_id: int, *, steps: int, batc
         opt.step()
         sched.step()
         losses.append(loss.item())
+        bar.update(loss=round(losses[-1], 3))
+    bar.close()
     model.eval()
     return losses

@@ -26,8 +26,6 @@ from .runs import REPO_ROOT, is_complete
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 
-# measured seconds per PPO step at batch 64 on one core of the reference machine (see benchmarks/)
-SECONDS_PER_STEP = {"tiny": 0.55, "small": 2.1, "medium": 6.0, "gpt2-small": 60.0}
 NOTEBOOK_OVERHEAD_S = 25
 
 
@@ -43,51 +41,72 @@ class Run:
 
 
 # ----------------------------------------------------------------------------- profiles
-VARIANTS = {"vanilla": (0.0, 0.0), "tok": (0.3, 0.0), "batch": (0.0, 0.3), "both": (0.3, 0.3)}
+# measured CPU-seconds per answer on one thread of the reference machine (tiny GPT-2, see the benchmark)
+SECONDS_PER_ANSWER = {"group": 0.00016, "ppo": 0.0022, "supervised": 0.0008, "none": 0.0}
+
+
+def _arith_run(base: dict, seed: int | None = None, **arm) -> Run:
+    """One arithmetic run; its name is read off the parameters that differ between arms."""
+    p = dict(base, **arm)
+    if seed is not None:
+        p["seed"] = seed
+    pre = f"pre{p['pretrain_examples']}" + (f"x{p['pretrain_steps']}" if p.get("pretrain_steps") else "")
+    if p["algorithm"] in ("none", "supervised"):
+        name = f"{p['algorithm']}_{pre}"
+    else:
+        name = f"{p['algorithm']}_{p['regulariser']}_kl-{p['kl_reference']}_{pre}"
+        if p.get("rl_lr") != base.get("rl_lr"):
+            name += f"_lr{p['rl_lr']:g}"
+        if p.get("mask_banned") is False:
+            name += "_unmasked"
+    if seed is not None and p["algorithm"] != "none":
+        name += f"_s{seed}"
+    from .arithmetic.params import answers_per_step
+    answers = p["steps"] * answers_per_step(dict({"k": 8}, **p))
+    est = NOTEBOOK_OVERHEAD_S + answers * SECONDS_PER_ANSWER[p["algorithm"]] * SIZE_FACTOR[p.get("model_size", "tiny")]
+    return Run("arithmetic", name, p, est)
+
+
+SIZE_FACTOR = {"tiny": 1.0, "small": 2.5, "medium": 8.0, "gpt2-small": 60.0}
 
 
 def arithmetic_runs(profile: str) -> list[Run]:
-    if profile == "long":  # diagnostic, one seed: does PPO keep improving with 5x the quick profile's steps?
-        base = dict(model_size="tiny", ppo_steps=1000, ppo_batch_size=64, ppo_mini_batch_size=64,
-                    ppo_lr=3e-4, n_heldout=512, eval_every=50, kl_mode="policy")
-        est = NOTEBOOK_OVERHEAD_S + 1000 * SECONDS_PER_STEP["tiny"] * 1.1
-        return [Run("arithmetic", f"kl-policy_{v}_pre256x1ep_1000steps_s{seed}",
-                    dict(base, token_entropy_coef=VARIANTS[v][0], batch_entropy_coef=VARIANTS[v][1], seed=seed), est)
-                for v in ("vanilla", "batch") for seed in (0,)]
-    if profile == "quick":
-        base = dict(model_size="tiny", ppo_steps=200, ppo_batch_size=64, ppo_mini_batch_size=64,
-                    ppo_lr=3e-4, n_heldout=512, eval_every=25)
+    """The arms of the arithmetic experiment (see notebooks/arithmetic.ipynb for the parameters)."""
+    weak = dict(pretrain_examples=256, pretrain_steps=0, pretrain_lr=1e-4)      # the paper's weak start
+    competent = dict(pretrain_examples=4096, pretrain_steps=1500, pretrain_lr=1e-3)
+    if profile in ("quick", "long"):
+        group = dict(model_size="tiny", algorithm="group", regulariser="batch", kl_reference="policy", rl_lr=1e-3,
+                     steps=3906, prompts_per_step=32, k=8, epochs=2, n_heldout=512, n_evals=16, **weak)
+        ppo = dict(group, algorithm="ppo", regulariser="none", rl_lr=3e-4, steps=2344, prompts_per_step=64, epochs=4)
         seeds = [0, 1, 2]
-        # pretraining-set size ablation: each set trained for the same, long budget
-        pretrain_ablation = [dict(pretrain_examples=n, pretrain_steps=1500, pretrain_lr=1e-3) for n in (32, 256, 4096)]
-    elif profile == "smoke":  # a seconds-long pass through everything, for the tests
-        base = dict(model_size="tiny", ppo_steps=3, ppo_batch_size=8, ppo_mini_batch_size=4,
-                    ppo_lr=1e-4, n_heldout=32, eval_every=2)
+    elif profile == "smoke":  # seconds, for the tests
+        group = dict(model_size="tiny", algorithm="group", regulariser="batch", kl_reference="policy", rl_lr=1e-3,
+                     steps=6, prompts_per_step=8, k=4, epochs=2, n_heldout=16, n_evals=3,
+                     pretrain_examples=32, pretrain_steps=0, pretrain_lr=1e-4)
+        ppo = dict(group, algorithm="ppo", regulariser="none", steps=3, prompts_per_step=8, epochs=2)
+        competent = dict(pretrain_examples=64, pretrain_steps=2, pretrain_lr=1e-3)
         seeds = [0]
-        pretrain_ablation = [dict(pretrain_examples=n, pretrain_steps=2, pretrain_lr=1e-3) for n in (32, 64)]
-    elif profile == "paper":
-        base = dict(model_size="gpt2-small", ppo_steps=1000, ppo_batch_size=128, ppo_mini_batch_size=128,
-                    ppo_lr=1.41e-5, n_heldout=1024, eval_every=50)
+    elif profile == "paper":  # GPT-2 small, the paper's PPO settings (lr 1.41e-5, batch 128, 4 epochs, ~1000 steps)
+        group = dict(model_size="gpt2-small", algorithm="group", regulariser="batch", kl_reference="policy",
+                     rl_lr=1e-4, steps=3906, prompts_per_step=32, k=8, epochs=2, n_heldout=1024, n_evals=16, **weak)
+        ppo = dict(group, algorithm="ppo", regulariser="none", rl_lr=1.41e-5, steps=1000, prompts_per_step=128,
+                   epochs=4)
+        competent = dict(competent, pretrain_steps=3000, pretrain_lr=1e-4)
         seeds = [0, 1, 2]
-        pretrain_ablation = [dict(pretrain_examples=n, pretrain_steps=3000, pretrain_lr=1e-4) for n in (32, 256, 4096)]
     else:
         raise ValueError(f"unknown profile {profile!r}")
-    runs = []
-    step_s = SECONDS_PER_STEP[base["model_size"]] * base["ppo_batch_size"] / 64
-    est = NOTEBOOK_OVERHEAD_S + base["ppo_steps"] * step_s * 1.1
-    for kl in ("policy", "frozen"):
-        for variant, (c_tok, c_batch) in VARIANTS.items():
-            for seed in seeds:
-                params = dict(base, kl_mode=kl, token_entropy_coef=c_tok, batch_entropy_coef=c_batch, seed=seed)
-                runs.append(Run("arithmetic", f"kl-{kl}_{variant}_pre256x1ep_s{seed}", params, est))
-    for pre in pretrain_ablation:
-        for variant in ("vanilla", "batch"):
-            c_tok, c_batch = VARIANTS[variant]
-            for seed in seeds:
-                params = dict(base, kl_mode="policy", token_entropy_coef=c_tok, batch_entropy_coef=c_batch,
-                              seed=seed, **pre)
-                name = f"kl-policy_{variant}_pre{pre['pretrain_examples']}x{pre['pretrain_steps']}_s{seed}"
-                runs.append(Run("arithmetic", name, params, est))
+    if profile == "long":  # diagnostic, one seed: PPO far past the quick budget, trl-style vs masked banned tokens
+        return [_arith_run(ppo, 0, kl_reference="frozen", steps=4688, mask_banned=m) for m in (True, False)]
+    runs = [_arith_run(group, None, algorithm="none"), _arith_run(group, None, algorithm="none", **competent)]
+    if profile == "quick":  # diagnostic, one seed: PPO training the banned tokens as trl does (see the PPO section)
+        runs.append(_arith_run(ppo, 0, kl_reference="frozen", mask_banned=False))
+    for seed in seeds:
+        runs += [_arith_run(group, seed),                                         # the headline arm
+                 _arith_run(group, seed, regulariser="none"),                     # does batch entropy matter?
+                 _arith_run(ppo, seed),                                           # the paper: PPO, KL 0
+                 _arith_run(ppo, seed, kl_reference="frozen"),                    # trl's default: frozen ref + KL
+                 _arith_run(group, seed, algorithm="supervised"),                 # the supervised reference
+                 _arith_run(group, seed, rl_lr=1e-4, **competent)]                # a model that already adds
     return runs
 
 
@@ -169,7 +188,8 @@ def execute(notebook: Path, out_dir: Path, params: dict, threads: int, final_nam
     out_dir.mkdir(parents=True, exist_ok=True)
     partial = out_dir / "notebook.partial.ipynb"
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"), PYTHONWARNINGS="ignore")
+               HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"), PYTHONWARNINGS="ignore",
+               RLFORMAL_PROGRESS="lines")  # a few summary lines, not bar refreshes, in executed notebooks
     cmd = [sys.executable, "-m", "papermill", str(notebook), str(partial), "--cwd", str(notebook.parent),
            "--no-progress-bar", "--log-level", "WARNING", "--start-timeout", "600", "-y", yaml_params(params)]
     t = time.time()
@@ -177,11 +197,33 @@ def execute(notebook: Path, out_dir: Path, params: dict, threads: int, final_nam
         rc = subprocess.call(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
     seconds = time.time() - t
     if rc == 0:
+        clean_executed(partial)
         os.replace(partial, out_dir / final_name)
         (out_dir / "papermill.log").unlink(missing_ok=True)
         return True, seconds, ""
     tail = (out_dir / "papermill.log").read_text().strip().splitlines()[-3:]
     return False, seconds, " | ".join(tail)
+
+
+VOLATILE = ("start_time", "end_time", "duration", "input_path", "output_path", "environment_variables")
+
+
+def clean_executed(path: Path) -> None:
+    """Drop what changes on every execution (timestamps, durations, absolute paths) from an executed
+    notebook, so that a rerun with the same results leaves ``git status`` clean."""
+    import nbformat
+    nb = nbformat.read(path, as_version=4)
+    for meta in [nb.metadata] + [c.metadata for c in nb.cells]:
+        for key in VOLATILE:
+            meta.get("papermill", {}).pop(key, None)
+        meta.pop("execution", None)
+    nbformat.write(nb, path)
+
+
+def _rel(path: Path) -> str:
+    """A path as the notebooks (which run in notebooks/) see it: relative, so executed notebooks
+    carry no absolute paths of the machine that ran them."""
+    return os.path.relpath(path, NOTEBOOKS)
 
 
 def yaml_params(params: dict) -> str:
@@ -243,7 +285,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = {pool.submit(execute, NOTEBOOKS / f"{r.experiment}.ipynb", r.out_dir(results),
-                               dict(r.params, output_dir=str(r.out_dir(results)), torch_threads=threads),
+                               dict(r.params, output_dir=_rel(r.out_dir(results)), torch_threads=threads),
                                threads, f"{r.experiment}.ipynb"): r for r in todo}
         with tqdm(total=len(todo), desc=f"{args.profile} runs", unit="run") as bar:
             for fut in as_completed(futures):
@@ -259,7 +301,7 @@ def main(argv=None) -> int:
     if not args.no_figures:
         for e in experiments:
             nb = NOTEBOOKS / FIGURE_NOTEBOOKS[e]
-            ok, seconds, err = execute(nb, results, dict(results_dir=str(results / e), figures_dir=str(figures),
+            ok, seconds, err = execute(nb, results, dict(results_dir=_rel(results / e), figures_dir=_rel(figures),
                                                           profile=args.profile), os.cpu_count() or 1,
                                        FIGURE_NOTEBOOKS[e])
             print(f"{'figures' if ok else 'FIGURES FAILED'}: {e} in {seconds:.0f} s {err}")

@@ -1,5 +1,5 @@
 """End to end: the real arithmetic notebooks through papermill with tiny budgets, the parameter
-checks, and the runner that ./run_all.sh calls (smoke profile)."""
+declarations and checks, and the runner that ./run_all.sh calls (smoke profile)."""
 import json
 import os
 import subprocess
@@ -11,16 +11,19 @@ import pandas as pd
 import papermill as pm
 import pytest
 
+from rlformal_utils.arithmetic.params import PARAMS
+
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
-TINY = dict(model_size="tiny", pretrain_examples=64, ppo_steps=4, ppo_batch_size=8, ppo_mini_batch_size=4,
-            ppo_epochs=2, n_heldout=32, eval_every=2, kl_mode="policy", batch_entropy_coef=0.3)
+TINY = dict(model_size="tiny", pretrain_examples=32, steps=6, prompts_per_step=8, k=4, n_heldout=16, n_evals=3)
+TIMING = {"wall_seconds", "cpu_seconds", "train_seconds", "train_cpu_seconds"}
 
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("RLFORMAL_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("RLFORMAL_PROGRESS", "lines")
 
 
 def run_notebook(name, out, **params):
@@ -38,63 +41,109 @@ def test_source_notebooks_are_committed_without_outputs():
         assert len(tagged) == 1, f"{path.name} needs exactly one parameters cell"
 
 
-def test_arithmetic_notebook_tiny_budget(tmp_path):
+def test_parameters_cell_is_the_declaration_and_papermill_reads_every_line():
+    """One declaration per parameter: the notebook's cell lists exactly the declared names and
+    defaults, in order, and papermill parses each line (no 'Unable to parse line')."""
+    found = pm.inspect_notebook(str(NOTEBOOKS / "arithmetic.ipynb"))
+    assert list(found) == [p.name for p in PARAMS]
+    for p in PARAMS:
+        assert eval(found[p.name]["default"]) == p.default, p.name
+        assert found[p.name]["help"], p.name
+
+
+def _metrics(out):
+    return pd.read_csv(out / "metrics.csv")
+
+
+def test_group_run_tiny_budget(tmp_path):
     out = tmp_path / "run"
-    run_notebook("arithmetic.ipynb", tmp_path / "executed.ipynb", output_dir=str(out), seed=3, **TINY)
+    nb = run_notebook("arithmetic.ipynb", tmp_path / "executed.ipynb", output_dir=str(out), seed=3, **TINY)
     config = json.loads((out / "config.json").read_text())
-    assert config["seed"] == 3 and config["ppo_steps"] == 4 and config["kl_mode"] == "policy"
-    metrics = pd.read_csv(out / "metrics.csv")
-    assert list(metrics["step"]) == [0, 1, 2, 3, 4]
-    assert metrics["reward"].dropna().between(0, 1).all()
-    assert metrics["heldout_greedy_exact_match"].notna().sum() == 3  # steps 0, 2, 4
-    for col in ["rollout_batch_entropy", "rollout_sample_entropy", "rollout_max_share", "train_batch_entropy", "kl"]:
-        assert metrics[col].iloc[1:].notna().all(), col
-    assert (metrics["kl"].iloc[1:] == 0).all()  # reference = policy
+    assert config["seed"] == 3 and config["steps"] == 6 and config["algorithm"] == "group"
+    assert "output_dir" not in config and "torch_threads" not in config
+    m = _metrics(out)
+    assert list(m["step"]) == list(range(7)) and list(m["answers_seen"]) == [32 * s for s in range(7)]
+    evals = m.dropna(subset=["heldout_greedy_exact_match"])["step"].tolist()
+    assert evals == [0, 1, 2, 6]  # step 0, then 3 points spaced in log(step), always the last
+    for col in ["reward", "rollout_max_share", "rollout_mutual_information", "train_batch_entropy", "loss_policy",
+                "unseen_greedy_exact_match", "banned_mass"]:
+        assert m[col].iloc[1:].notna().all(), col
     summary = json.loads((out / "summary.json").read_text())
-    assert sum(summary["after"]["sampled_answers"].values()) == 32
+    assert summary["answers_seen"] == 6 * 8 * 4 and sum(summary["final"]["heldout"]["sampled_answers"].values()) == 16
     assert 0.6 < summary["naive_reward"] < 0.9
-    assert (out / "run.png").exists() and not (out / "metrics.partial.csv").exists()
+    assert not (out / "metrics.partial.csv").exists()
+    closing = "".join(o.get("text", "") for o in nb.cells[-1].outputs)
+    assert "held-out exact match" in closing and "answers seen" in closing  # the run states its result
 
 
 def test_same_seed_same_numbers(tmp_path):
+    """Every column of metrics.csv and every value of summary.json agree, timing aside."""
     for name in ("a", "b"):
-        run_notebook("arithmetic.ipynb", tmp_path / f"{name}.ipynb", output_dir=str(tmp_path / name), **TINY)
-    cols = ["reward", "rollout_batch_entropy", "heldout_greedy_exact_match", "loss_policy"]
-    a, b = (pd.read_csv(tmp_path / n / "metrics.csv")[cols] for n in ("a", "b"))
-    pd.testing.assert_frame_equal(a, b)
+        run_notebook("arithmetic.ipynb", tmp_path / f"{name}.ipynb", output_dir=str(tmp_path / name),
+                     **dict(TINY, algorithm="ppo", regulariser="both", kl_reference="frozen"))
+    a, b = (_metrics(tmp_path / n) for n in ("a", "b"))
+    cols = [c for c in a.columns if c not in TIMING]
+    assert len(cols) > 30 and list(a.columns) == list(b.columns)
+    pd.testing.assert_frame_equal(a[cols], b[cols])
+    sa, sb = (json.loads((tmp_path / n / "summary.json").read_text()) for n in ("a", "b"))
+    for s in (sa, sb):
+        for key in TIMING:
+            s.pop(key, None)
+    assert sa == sb
+
+
+@pytest.mark.parametrize("algorithm, engine", [("ppo", "trl"), ("supervised", "fast"), ("none", "fast")])
+def test_other_algorithms_and_the_trl_engine_run(tmp_path, algorithm, engine):
+    out = tmp_path / "run"
+    run_notebook("arithmetic.ipynb", tmp_path / "x.ipynb", output_dir=str(out),
+                 **dict(TINY, algorithm=algorithm, engine=engine, steps=3))
+    m, summary = _metrics(out), json.loads((out / "summary.json").read_text())
+    expected_steps = 0 if algorithm == "none" else 3
+    assert m["step"].max() == expected_steps and summary["answers_seen"] == expected_steps * 8
+    if engine == "trl":
+        assert m["value_var_explained"].iloc[1:].notna().all() and (m["kl"].iloc[1:] == 0).all()
 
 
 @pytest.mark.parametrize("params, message", [
-    (dict(kl_mode="none"), r"kl_mode='none' is not allowed; choose one of \['frozen', 'policy'\]"),
-    (dict(model_size="huge"), r"model_size='huge' is not allowed; choose one of \['tiny', 'small', 'medium', 'gpt2-small'\]"),
-    (dict(ppo_mini_batch_size=3), r"ppo_mini_batch_size=3 must divide ppo_batch_size=8"),
-    (dict(ppo_lr=-1.0), r"ppo_lr=-1.0 must be a number in \[0.0, 1.0\]"),
+    (dict(algorithm="grpo"), r"algorithm='grpo' is not allowed: it must be one of \['group', 'ppo', 'supervised', 'none'\]"),
+    (dict(regulariser="entropy"), r"regulariser='entropy' is not allowed: it must be one of \['none', 'token', 'batch', 'both'\]"),
+    (dict(k=1), r"k=1 is not allowed: it must be an integer in \[2, 1024\]"),
+    (dict(steps=-5), r"steps=-5 is not allowed: it must be an integer in \[0, 10000000\]"),
+    (dict(rl_lr=0.0), r"rl_lr=0.0 is not allowed: it must be a number in \[1e-08, 1.0\]"),
+    (dict(engine="trl", algorithm="group"), r"engine='trl' needs algorithm='ppo'"),
+    (dict(algorithm="ppo", mini_batch_size=3), r"mini_batch_size=3 must divide prompts_per_step=8"),
 ])
 def test_bad_parameters_stop_in_the_first_cells(tmp_path, params, message):
     out = tmp_path / "run"
     with pytest.raises(pm.PapermillExecutionError, match=message) as err:
         run_notebook("arithmetic.ipynb", tmp_path / "executed.ipynb", output_dir=str(out), **dict(TINY, **params))
-    assert err.value.exec_count <= 3  # the parameter-check cell, before any work
+    assert err.value.exec_count <= 3  # the setup cell, before any work
     assert not out.exists()
 
 
 def test_runner_smoke_profile_end_to_end(tmp_path):
-    """What ./run_all.sh does, on the seconds-long smoke profile: runs, skips, figures, table."""
+    """What ./run_all.sh does, on the seconds-long smoke profile: runs, skips, figures, tables."""
     results, figures = tmp_path / "results", tmp_path / "figures"
     cmd = [sys.executable, "-m", "rlformal_utils.runner", "--profile", "smoke", "--jobs", "2", "--only", "arithmetic",
            "--results-dir", str(results), "--figures-dir", str(figures)]
     first = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     runs = sorted(p.parent.name for p in (results / "arithmetic").glob("*/summary.json"))
-    assert len(runs) == 12
-    for name in ["reward", "heldout_exact_match", "entropy", "histograms_kl-policy", "kl_ablation", "pretraining_size"]:
-        assert (figures / f"arithmetic_{name}.png").exists() and (figures / f"arithmetic_{name}.pdf").exists()
-    table = pd.read_csv(results / "arithmetic_summary.csv")
-    assert len(table) == 8 + 4 and (table["seeds"] == 1).all()
-    assert (results / "arithmetic_figures.ipynb").exists()
+    assert len(runs) == 8
+    for name in ["learning_curves", "collapse", "histograms", "reward", "competent_start", "ppo_diagnostics"]:
+        assert (figures / f"arithmetic_{name}.png").exists() and (figures / f"arithmetic_{name}.pdf").exists(), name
+    table = pd.read_csv(results / "arithmetic_runs.csv")
+    assert len(table) == 8 and set(table["algorithm"]) == {"none", "group", "ppo", "supervised"}
+    for col in ["algorithm", "regulariser", "kl_reference", "pretrain_chains", "seed", "answers_seen",
+                "heldout_exact_match", "unseen_pairs_exact_match", "heldout_reward", "max_share", "wall_seconds"]:
+        assert col in table, col
+    executed = nbformat.read(results / "arithmetic" / runs[0] / "arithmetic.ipynb", as_version=4)
+    assert str(REPO) not in nbformat.writes(executed)  # relative paths only, and no timing metadata
+    assert not os.path.isabs(executed.metadata.papermill["parameters"]["output_dir"])
+    assert "start_time" not in executed.metadata.papermill and "duration" not in executed.metadata.papermill
 
     # a run killed before its last write does not count as complete and is rerun; the rest are skipped
     (results / "arithmetic" / runs[0] / "summary.json").unlink()
     second = subprocess.run(cmd + ["--no-figures"], capture_output=True, text=True, env=os.environ)
     assert second.returncode == 0
-    assert "11 complete (skipped), 1 to run" in second.stdout
+    assert "7 complete (skipped), 1 to run" in second.stdout

@@ -5,10 +5,12 @@ import random
 import pytest
 import torch
 
-from rlformal_utils import arithmetic as A
-from rlformal_utils.arithmetic_rl import answer_stats, banned_ids, prompt_tensors
+from rlformal_utils.arithmetic import reward as R
+from rlformal_utils.arithmetic import task as A
+from rlformal_utils.arithmetic.evaluate import answer_stats, banned_ids, prompt_tensors
 from rlformal_utils.entropy import batch_entropy_stats
-from rlformal_utils.ppo import make_trainer, next_token_logits, sample_one_token
+from rlformal_utils.one_token import last_position, sample
+from rlformal_utils.ppo import make_trainer
 from rlformal_utils.pretrain import build_gpt2, train_lm
 
 B = 8
@@ -21,8 +23,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def problems():
-    train, _ = A.make_splits(64, 0, seed=0)
-    return train
+    return A.make_splits(64, 0, seed=0, n_unseen=0).train
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +55,11 @@ def _trainer(path, tok, **kw):
 
 def _rollout(trainer, tok, batch):
     q = prompt_tensors(tok, batch)
-    logits = next_token_logits(trainer.model, q)
-    a = sample_one_token(logits, banned_ids(tok))
+    with torch.no_grad():
+        logits = last_position(trainer.model.pretrained_model, q)
+    a = sample(logits, 1, banned_ids(tok))[:, 0]
     words = tok.convert_ids_to_tokens(a.tolist())
-    return q, [x[None] for x in a], [torch.tensor(A.reward(f"{p.prompt} {w}")) for p, w in zip(batch, words)]
+    return q, [x[None] for x in a], [torch.tensor(R.reward(f"{p.prompt} {w}")) for p, w in zip(batch, words)]
 
 
 def test_one_step_changes_the_weights_and_logs_the_terms(base_dir, tok, problems):
@@ -98,11 +100,11 @@ def test_batch_entropy_bonus_pulls_a_collapsed_policy_apart(collapsed_dir, tok, 
     for c_batch in (0.0, 2.0):
         torch.manual_seed(0); random.seed(0)
         trainer = _trainer(collapsed_dir, tok, batch_entropy_coef=c_batch, kl_mode="policy")
-        h_start = answer_stats(next_token_logits(trainer.model, heldout), tok)
+        h_start = answer_stats(next_token_logits(trainer, heldout), tok)
         for step in range(3):
             q, r, _ = _rollout(trainer, tok, problems[step * B:(step + 1) * B])
             trainer.step(q, r, [torch.tensor(0.5)] * B)
-        result[c_batch] = answer_stats(next_token_logits(trainer.model, heldout), tok)
+        result[c_batch] = answer_stats(next_token_logits(trainer, heldout), tok)
     assert h_start["max_share"] > 0.8  # the fixture really is collapsed
     assert result[2.0]["batch_entropy"] > result[0.0]["batch_entropy"] + 0.1
     assert result[2.0]["batch_entropy"] > h_start["batch_entropy"] + 0.1
@@ -123,19 +125,30 @@ def test_kl_modes(base_dir, tok, problems):
         _trainer(base_dir, tok, kl_mode="none")
 
 
-def test_sampling_never_returns_banned_tokens_and_greedy_is_argmax(tok):
+def next_token_logits(trainer, prompts):
+    with torch.no_grad():
+        return last_position(trainer.model.pretrained_model, prompts)
+
+
+def test_sampling_never_returns_banned_tokens(tok):
     logits = torch.zeros(500, len(tok))
     logits[:, tok.pad_token_id] = 100  # the most likely token is banned
-    ids = sample_one_token(logits, banned_ids(tok), generator=torch.Generator().manual_seed(0))
-    assert not set(ids.tolist()) & set(banned_ids(tok))
+    ids = sample(logits, 3, banned_ids(tok), generator=torch.Generator().manual_seed(0))
+    assert ids.shape == (500, 3) and not set(ids.flatten().tolist()) & set(banned_ids(tok))
     logits[:, 40] = 50
-    assert (sample_one_token(logits, banned_ids(tok), greedy=True) == 40).all()
+    assert (sample(logits, 1, banned_ids(tok)) == 40).float().mean() > 0.99
 
 
-def test_next_token_logits_batches_prompts_of_different_lengths(base_dir, tok, problems):
+def test_last_position_reads_each_prompts_own_last_token(base_dir, tok, problems):
+    """One padded call equals the logits at the LAST position of each prompt run alone (an
+    implementation that read the first position, or a padding position, would fail)."""
     trainer = _trainer(base_dir, tok)
-    q = prompt_tensors(tok, problems[:40])
+    lm = trainer.model.pretrained_model.eval()
+    q = prompt_tensors(tok, problems[:40]) + [torch.tensor(tok.convert_tokens_to_ids(["[BOS]", "3", "+", "4", "="]))]
     assert len({len(x) for x in q}) > 1
-    batched = next_token_logits(trainer.model, q)
-    one_by_one = torch.cat([next_token_logits(trainer.model, [x]) for x in q])
-    assert torch.allclose(batched, one_by_one, atol=1e-5)
+    with torch.no_grad():
+        batched = last_position(lm, q)
+        expected = torch.stack([lm(input_ids=x[None]).logits[0, len(x) - 1] for x in q])
+        first = torch.stack([lm(input_ids=x[None]).logits[0, 0] for x in q])
+    torch.testing.assert_close(batched, expected, atol=1e-5, rtol=1e-5)
+    assert (batched - first).abs().max() > 1e-2

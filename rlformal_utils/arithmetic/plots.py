@@ -1,0 +1,290 @@
+"""Arithmetic figures and tables, drawn only from the files runs write (config.json,
+metrics.csv, summary.json), so a redraw never retrains."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from ..figures import band, fmt_mean_sd
+from ..runs import complete_runs
+
+REG_LABEL = {"none": "no entropy term", "token": "token entropy", "batch": "batch entropy", "both": "both entropies"}
+KL_LABEL = {"policy": "KL 0", "frozen": "frozen ref + KL"}
+WEAK = 256  # the paper's pretraining set: 256 chains, one epoch
+
+
+def arm_of(cfg: dict) -> str:
+    """A readable name of the arm a run belongs to (its seed left out)."""
+    if cfg["algorithm"] == "none":
+        return "base model"
+    if cfg["algorithm"] == "supervised":
+        return "supervised"
+    name = f"{'group-relative' if cfg['algorithm'] == 'group' else 'PPO'}, {REG_LABEL[cfg['regulariser']]}"
+    name += f", {KL_LABEL[cfg['kl_reference']]}"
+    if not cfg.get("mask_banned", True):
+        name += ", banned tokens trained (as trl)"
+    return name
+
+
+def start_of(cfg: dict) -> str:
+    steps = f"{cfg['pretrain_steps']} steps" if cfg["pretrain_steps"] else "1 epoch"
+    return f"{cfg['pretrain_examples']} chains, {steps}"
+
+
+def load_runs(results_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """All complete runs: (metrics rows with the run's labels, one tidy row per run)."""
+    frames, rows = [], []
+    for run, summary in complete_runs(results_dir):
+        cfg = summary["config"]
+        info = dict(run=run.name, arm=arm_of(cfg), start=start_of(cfg), algorithm=cfg["algorithm"],
+                    regulariser=cfg["regulariser"] if cfg["algorithm"] in ("group", "ppo") else "none",
+                    kl_reference=cfg["kl_reference"] if cfg["algorithm"] in ("group", "ppo") else "",
+                    pretrain_chains=cfg["pretrain_examples"], seed=cfg["seed"])
+        m = pd.read_csv(run / "metrics.csv")
+        frames.append(m.assign(**info))
+        h, u = summary["final"]["heldout"], summary["final"]["unseen"]
+        ev = m.dropna(subset=["heldout_greedy_exact_match"])
+        reached = ev.loc[ev["heldout_greedy_exact_match"] >= 0.9, "answers_seen"]
+        rows.append(dict(info, rl_lr=cfg["rl_lr"], answers_seen=summary["answers_seen"],
+                         heldout_exact_match=h["greedy_exact_match"], unseen_pairs_exact_match=u["greedy_exact_match"],
+                         heldout_sampled_exact_match=h["sampled_exact_match"], heldout_reward=h["sampled_reward"],
+                         max_share=h["eval_max_share"], mutual_information=h["eval_mutual_information"],
+                         batch_entropy=h["eval_batch_entropy"], answers_to_0_9=reached.min() if len(reached) else np.nan,
+                         naive_reward=summary["naive_reward"], wall_seconds=summary["train_seconds"],
+                         cpu_seconds=summary["train_cpu_seconds"]))
+    if not rows:
+        raise FileNotFoundError(f"no complete runs under {results_dir}")
+    return pd.concat(frames, ignore_index=True), pd.DataFrame(rows)
+
+
+RUNS_COLUMNS = ["algorithm", "regulariser", "kl_reference", "pretrain_chains", "seed", "rl_lr", "answers_seen",
+                "heldout_exact_match", "unseen_pairs_exact_match", "heldout_reward", "max_share",
+                "mutual_information", "answers_to_0_9", "wall_seconds", "cpu_seconds", "run"]
+
+
+def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """``results/arithmetic_runs.csv``: one row per run, plain numbers, stable order."""
+    return runs[RUNS_COLUMNS].sort_values(["pretrain_chains", "algorithm", "regulariser", "kl_reference", "seed",
+                                           "run"]).reset_index(drop=True)
+
+
+def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± sd (ddof=1) over seeds of the final numbers, one row per arm and start."""
+    out = []
+    for (start, arm), g in runs.groupby(["start", "arm"], sort=False):
+        out.append({"start": start, "arm": arm, "seeds": len(g), "answers seen": f"{g['answers_seen'].iloc[0]:,}",
+                    "held-out exact match": fmt_mean_sd(g["heldout_exact_match"]),
+                    "unseen additions": fmt_mean_sd(g["unseen_pairs_exact_match"]),
+                    "held-out reward": fmt_mean_sd(g["heldout_reward"]),
+                    "max p̄": fmt_mean_sd(g["max_share"], 2),
+                    "answers to 0.9": fmt_mean_sd(g["answers_to_0_9"], 0) if g["answers_to_0_9"].notna().any() else "never",
+                    "CPU-s per run": fmt_mean_sd(g["cpu_seconds"], 0)})
+    table = pd.DataFrame(out)
+    order = {"base model": 0, "supervised": 9}
+    table["_k"] = table["arm"].map(lambda a: order.get(a, 1 if a.startswith("group") else 2))
+    table["_s"] = table["start"].map(lambda s: int(s.split()[0]) != WEAK)
+    return table.sort_values(["_s", "_k", "arm"]).drop(columns=["_k", "_s"]).reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- one run
+def run_figure(metrics: pd.DataFrame, summary: dict):
+    """One run at a glance: held-out exact match, the answer distribution, final answer histogram."""
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
+    ev = metrics.dropna(subset=["heldout_greedy_exact_match"])
+    x = ev["answers_seen"].clip(lower=1)
+    for col, label in [("heldout_greedy_exact_match", "held-out (seen additions)"),
+                       ("unseen_greedy_exact_match", "unseen additions")]:
+        ax[0].plot(x, ev[col], "o-", label=label, ms=4)
+    ax[0].set(xscale="log", xlabel="answers seen", ylabel="greedy exact match", ylim=(0, 1.02),
+              title="accuracy on problems never trained on")
+    ax[0].legend(loc="upper left")
+    train = metrics.dropna(subset=["rollout_max_share"]) if "rollout_max_share" in metrics else metrics.iloc[:0]
+    if len(train):
+        ax[1].plot(train["answers_seen"], train["rollout_mutual_information"], label="I(prompt; answer) [nats]")
+        ax[1].plot(train["answers_seen"], train["rollout_sample_entropy"], label="mean H(p_i) [nats]")
+        ax2 = ax[1].twinx()
+        ax2.plot(train["answers_seen"], train["rollout_max_share"], "k:", label="max p̄ (right)")
+        ax2.set(ylim=(0, 1), ylabel="max p̄ (share of the top answer)")
+        ax2.grid(False)
+        ax2.legend(loc="upper right")
+    ax[1].set(xscale="log", xlabel="answers seen", title="the answer distribution on training batches")
+    ax[1].legend(loc="upper left")
+    _histogram(ax[2], summary)
+    fig.tight_layout()
+    return fig
+
+
+def _histogram(ax, summary: dict, title: str = "final held-out answers (sampled) vs the truth"):
+    true = {int(k): v for k, v in summary["true_answers"].items()}
+    got = {int(k): v for k, v in summary["final"]["heldout"]["sampled_answers"].items() if str(k).isdigit()}
+    xs = np.arange(0, 100)
+    ax.bar(xs, [true.get(i, 0) for i in xs], color="0.8", label="true answers", width=1.0)
+    ax.bar(xs, [got.get(i, 0) for i in xs], color="C3", alpha=0.7, label="model's answers", width=1.0)
+    ax.set(xlim=(-1, 60), xlabel="answer", ylabel="count", title=title)
+    ax.legend()
+
+
+# ----------------------------------------------------------------------------- across runs
+def fig_learning_curves(metrics: pd.DataFrame, runs: pd.DataFrame, arms: list[str], start: str):
+    """Held-out and unseen-pair exact match vs answers seen (log x), mean ± sd over seeds, with the
+    supervised reference and the naive-answer level as lines."""
+    fig, ax = plt.subplots(1, 2, figsize=(13, 4.6), sharey=True)
+    m = metrics[metrics["start"] == start]
+    sup = runs[(runs["start"] == start) & (runs["algorithm"] == "supervised")]
+    base = runs[(runs["start"] == start) & (runs["algorithm"] == "none")]
+    for a, (col, title) in zip(ax, [("heldout_greedy_exact_match", "held-out problems (seen additions)"),
+                                     ("unseen_greedy_exact_match", "unseen additions")]):
+        for i, arm in enumerate(arms):
+            d = m[(m["arm"] == arm) & (m["answers_seen"] > 0)]
+            if len(d):
+                n = d["run"].nunique()
+                band(a, d, "answers_seen", col, f"{arm} ({n} seeds)", color=f"C{i}", marker=".", ms=5)
+        final = "heldout_exact_match" if col.startswith("heldout") else "unseen_pairs_exact_match"
+        if len(sup):
+            a.axhline(sup[final].mean(), color="k", ls="--", lw=1.2,
+                      label=f"supervised, same prompts ({sup[final].mean():.2f})")
+        if len(base):
+            a.axhline(base[final].mean(), color="0.5", ls=":", lw=1.2, label=f"base model ({base[final].mean():.2f})")
+        a.set(xscale="log", xlabel="sampled answers seen", title=title, ylim=(0, 1.02))
+    ax[0].set_ylabel("greedy exact match")
+    ax[0].legend(loc="upper left", fontsize=8.5)
+    fig.suptitle(f"Learning to add from the reward alone (start: {start}; mean ± sd over seeds)", y=1.01)
+    fig.tight_layout()
+    return fig
+
+
+def fig_reward_vs_naive(metrics: pd.DataFrame, runs: pd.DataFrame, arms: list[str], start: str):
+    """Held-out reward vs answers seen, with the naive solution's reward (the collapse level)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.4))
+    m = metrics[(metrics["start"] == start) & (metrics["answers_seen"] > 0)]
+    for i, arm in enumerate(arms):
+        d = m[m["arm"] == arm]
+        if len(d):
+            band(ax, d, "answers_seen", "heldout_sampled_reward", arm, color=f"C{i}", marker=".", ms=5)
+    naive = runs["naive_reward"].iloc[0]
+    ax.axhline(naive, color="k", ls="--", lw=1.2, label=f"naive solution: one answer for all ({naive:.2f})")
+    ax.set(xscale="log", xlabel="sampled answers seen", ylabel="held-out reward (sampled answer)", ylim=(0, 1.02),
+           title="Reward: RL must beat the naive solution")
+    ax.legend(loc="lower right", fontsize=8.5)
+    fig.tight_layout()
+    return fig
+
+
+def fig_collapse(metrics: pd.DataFrame, arms: list[str], start: str):
+    """Collapse diagnostics on the training batches: max p̄ and I(prompt; answer) vs answers seen."""
+    fig, ax = plt.subplots(1, 2, figsize=(13, 4.4))
+    m = metrics[(metrics["start"] == start) & (metrics["answers_seen"] > 0)]
+    for i, arm in enumerate(arms):
+        d = m[m["arm"] == arm].dropna(subset=["rollout_max_share"]).copy()
+        if not len(d):
+            continue
+        # bin answers seen on a log grid so that runs with different logging steps average cleanly
+        d["bin"] = 10 ** (np.round(np.log10(d["answers_seen"]) * 8) / 8)
+        per_run = d.groupby(["run", "bin"], as_index=False)[["rollout_max_share", "rollout_mutual_information"]].mean()
+        band(ax[0], per_run, "bin", "rollout_max_share", arm, color=f"C{i}")
+        band(ax[1], per_run, "bin", "rollout_mutual_information", arm, color=f"C{i}")
+    ax[0].set(xscale="log", xlabel="sampled answers seen", ylabel="max p̄", ylim=(0, 1),
+              title="share of the most common answer (1 = one answer for every prompt)")
+    ax[1].set(xscale="log", xlabel="sampled answers seen", ylabel="nats",
+              title="I(prompt; answer) = H(p̄) - mean H(p_i)")
+    ax[0].legend(loc="upper left", fontsize=8.5)
+    fig.tight_layout()
+    return fig
+
+
+def fig_histograms(results_dir, runs: pd.DataFrame, arms: list[str], start: str, seed: int = 0):
+    """Final held-out answer histograms (seed 0) of several arms against the true answers; each
+    panel has its own y-axis so that a spread-out histogram is not flattened by a collapsed one."""
+    chosen = [runs[(runs["arm"] == a) & (runs["start"] == start) & (runs["seed"] == seed)] for a in arms]
+    chosen = [c.iloc[0] for c in chosen if len(c)]
+    fig, ax = plt.subplots(1, len(chosen), figsize=(4.6 * len(chosen), 3.8), squeeze=False)
+    for a, row in zip(ax[0], chosen):
+        summary = json.loads((Path(results_dir) / row["run"] / "summary.json").read_text())
+        _histogram(a, summary, title=f"{row['arm']}\nexact match {row['heldout_exact_match']:.2f}, "
+                                     f"max p̄ {row['max_share']:.2f}")
+        a.title.set_fontsize(9.5)
+    fig.tight_layout()
+    return fig
+
+
+def fig_competent_start(runs: pd.DataFrame, start: str):
+    """Does RL keep, improve or degrade a model that already adds? Final exact match per arm,
+    bars = mean ± sd over seeds, dots = seeds."""
+    d = runs[runs["start"] == start]
+    order = [a for a in ["base model", "supervised"] if a in set(d["arm"])]
+    order = order[:1] + sorted(set(d["arm"]) - set(order)) + order[1:]
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    for a, (col, title) in zip(ax, [("heldout_exact_match", "held-out (seen additions)"),
+                                     ("unseen_pairs_exact_match", "unseen additions")]):
+        g = d.groupby("arm")[col]
+        mean, sd = g.mean().reindex(order), g.std(ddof=1).reindex(order).fillna(0)
+        a.bar(range(len(order)), mean, yerr=sd, color=[f"C{i}" for i in range(len(order))], alpha=0.6, capsize=4)
+        for i, arm in enumerate(order):
+            vals = d.loc[d["arm"] == arm, col]
+            a.scatter(np.full(len(vals), i) + np.linspace(-0.12, 0.12, len(vals)), vals, color="k", s=14, zorder=3)
+        a.set_xticks(range(len(order)), [o.replace(", ", ",\n") for o in order], fontsize=8.5)
+        a.set(title=title, ylim=(0, 1.02))
+    ax[0].set_ylabel("greedy exact match")
+    fig.suptitle(f"A competent start ({start}): RL from there", y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def fig_ppo_diagnostics(metrics: pd.DataFrame, arm_filter: str = "PPO"):
+    """PPO internals per run: the KL estimate vs the exact KL, the adaptive coefficient, the value
+    head's explained variance and its correlation with the return, and the probability mass on the
+    banned tokens."""
+    m = metrics[metrics["arm"].str.startswith(arm_filter) & (metrics["answers_seen"] > 0)].dropna(subset=["kl_coef"])
+    fig, ax = plt.subplots(1, 4, figsize=(17, 3.9))
+    for i, (arm, d) in enumerate(m.groupby("arm", sort=False)):
+        for j, (run, r) in enumerate(d.groupby("run")):
+            kw = dict(color=f"C{i}", alpha=0.8, lw=1, label=arm if j == 0 else None)
+            ax[0].plot(r["answers_seen"], r["kl"], **kw)
+            ax[0].plot(r["answers_seen"], r["exact_kl"], ls=":", color=f"C{i}", lw=1)
+            ax[1].plot(r["answers_seen"], r["kl_coef"], **kw)
+            ax[2].plot(r["answers_seen"], r["value_return_corr"].rolling(10, min_periods=1).mean(), **kw)
+            ax[3].plot(r["answers_seen"], r["banned_mass"], **kw)
+    ax[0].set(title="KL: trl's estimate (solid) vs exact (dotted)", xlabel="answers seen", ylabel="nats")
+    ax[1].set(title="adaptive KL coefficient", xlabel="answers seen", yscale="log")
+    ax[2].set(title="value head: corr(value, return)", xlabel="answers seen", ylim=(-1, 1))
+    ax[3].set(title="probability on banned tokens", xlabel="answers seen", yscale="log")
+    ax[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def findings(runs: pd.DataFrame, weak: str) -> str:
+    """The runs' result in sentences, every number read from ``runs``."""
+    lines = []
+    for start, d in runs.groupby("start", sort=False):
+        base = d[d["algorithm"] == "none"]
+        head = f"From {start}" + (f" (base model: held-out {base['heldout_exact_match'].mean():.2f})" if len(base) else "")
+        lines.append(head + ":")
+        for arm, g in d[d["algorithm"] != "none"].groupby("arm", sort=False):
+            collapsed = int((g["max_share"] > 0.5).sum())
+            reach = g["answers_to_0_9"]
+            reach_txt = (f"reached 0.9 after {reach.median():,.0f} answers (median; {reach.notna().sum()}/{len(g)} seeds)"
+                         if reach.notna().any() else "never reached 0.9")
+            lines.append(f"  - {arm}: held-out {fmt_mean_sd(g['heldout_exact_match'])}, unseen additions "
+                         f"{fmt_mean_sd(g['unseen_pairs_exact_match'])} after {g['answers_seen'].iloc[0]:,} answers; "
+                         f"{reach_txt}; collapsed (max p̄ > 0.5) in {collapsed}/{len(g)} seeds.")
+    return "\n".join(lines)
+
+
+def ppo_findings(metrics: pd.DataFrame) -> str:
+    """What the PPO internals did, per run, read from the metrics: the KL estimate against the exact
+    KL, the adaptive coefficient, the value head and the probability on banned tokens."""
+    m = metrics[metrics["arm"].str.startswith("PPO") & (metrics["answers_seen"] > 0)].dropna(subset=["kl_coef"])
+    lines = []
+    for (arm, run), r in m.groupby(["arm", "run"], sort=False):
+        late = r[r["answers_seen"] >= r["answers_seen"].max() / 2]
+        lines.append(f"  - {run}: KL estimate min {r['kl'].min():.2f} (exact KL min {r['exact_kl'].min():.2f}); "
+                     f"KL coefficient {r['kl_coef'].iloc[0]:.3f} -> {r['kl_coef'].iloc[-1]:.3f}; value head: "
+                     f"corr(value, return) {late['value_return_corr'].median():.2f}, explained variance "
+                     f"{late['value_var_explained'].median():.2f} (medians over the second half); "
+                     f"banned-token probability {r['banned_mass'].iloc[-1]:.1e} at the end.")
+    return "\n".join(lines) if lines else "no PPO runs"

@@ -1,0 +1,313 @@
+"""RL when the answer is ONE token: a contextual bandit, trained from one forward pass per prompt.
+
+The arithmetic answer is a single token, so one forward pass over a prompt gives the whole
+answer distribution: all k samples of a group, their log-probabilities, both entropy terms and
+the exact KL to a reference come from it. Three updates share that pass:
+
+* ``GroupRelative``: k answers per prompt, advantage = (r - group mean) / (group std + eps)
+  (GRPO / RLOO style, no value head), a clipped ratio for several epochs, an optional exact
+  KL(pi || pi_ref) to a frozen reference, token- and batch-entropy bonuses, cosine lr.
+* ``OneTokenPPO``: the paper's PPO (trl 0.11.4's ``PPOTrainer`` algorithm) specialised to one
+  token: value head on the last hidden state, KL in the reward with trl's adaptive controller,
+  advantage whitening, clipped policy and value losses, minus the entropy bonuses. A test
+  checks its loss and weights against trl's own ``step`` on the same batch.
+* ``Supervised``: cross-entropy on the true answer, the reference RL is compared with.
+
+``banned_ids`` are never sampled. With ``mask_banned=True`` (our default) they are also removed
+from the distribution the update trains; trl's engine cannot do that (see the arithmetic
+notebook for why it matters).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .entropy import batch_entropy_stats
+from .modes import disable_dropout, eval_mode
+
+
+# ----------------------------------------------------------------------------- the forward pass
+def last_position(model, prompts: list[torch.Tensor], with_hidden: bool = False):
+    """Logits (B, V) of the token after each prompt, and optionally the last hidden state
+    (B, D) there, from ONE forward call: prompts are left-padded to a common length, with the
+    attention mask and position ids that make each row compute exactly what it would alone.
+    Differentiable; the caller decides about ``no_grad``."""
+    width = max(len(p) for p in prompts)
+    if all(len(p) == width for p in prompts):
+        out = model(input_ids=torch.stack(list(prompts)), output_hidden_states=with_hidden)
+    else:
+        ids = torch.zeros(len(prompts), width, dtype=torch.long)
+        mask = torch.zeros(len(prompts), width, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = p
+            mask[i, width - len(p):] = 1
+        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                    output_hidden_states=with_hidden)
+    logits = out.logits[:, -1, :].float()
+    return (logits, out.hidden_states[-1][:, -1, :]) if with_hidden else logits
+
+
+def masked_log_softmax(logits: torch.Tensor, banned_ids, mask_banned: bool) -> torch.Tensor:
+    if mask_banned and banned_ids:
+        logits = logits.clone()
+        logits[:, list(banned_ids)] = float("-inf")
+    return torch.log_softmax(logits, dim=-1)
+
+
+def sample(logits: torch.Tensor, k: int, banned_ids, generator: torch.Generator | None = None) -> torch.Tensor:
+    """k answers per row (B, k) by pure sampling (no top-k/top-p, temperature 1), banned removed."""
+    logits = logits.detach().clone()
+    if banned_ids:
+        logits[:, list(banned_ids)] = float("-inf")
+    return torch.multinomial(torch.softmax(logits, -1), k, replacement=True, generator=generator)
+
+
+def _entropy_terms(logp: torch.Tensor) -> dict:
+    """Token entropy (mean_i H(p_i)) and the batch-entropy statistics of rows of log-probs."""
+    stats = batch_entropy_stats(logp[:, None, :], torch.ones(logp.shape[0], 1))
+    stats["token_entropy"] = stats["sample_entropy"]
+    return stats
+
+
+def cosine_lr(step: int, total: int, warmup: int = 0) -> float:
+    """Multiplier of the base lr: linear warm-up, then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+class _Trainer:
+    """Shared plumbing: an Adam optimizer with a cosine schedule and gradient clipping."""
+
+    def __init__(self, model, lr: float, total_steps: int, max_grad_norm: float | None, warmup: int = 0,
+                 extra_params=()):
+        self.model = disable_dropout(model)
+        params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
+        self.params = params
+        self.opt = torch.optim.Adam(params, lr=lr)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: cosine_lr(s, total_steps, warmup))
+        self.max_grad_norm = max_grad_norm
+
+    def _apply(self, loss: torch.Tensor) -> float:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = float("nan")
+        if self.max_grad_norm:
+            norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm))
+        self.opt.step()
+        return norm
+
+
+# ----------------------------------------------------------------------------- group-relative
+@dataclass
+class GroupConfig:
+    k: int = 8                      # answers sampled per prompt (one forward pass)
+    epochs: int = 2                 # clipped updates per batch
+    clip: float = 0.2               # ratio clipping
+    lr: float = 1e-3
+    total_steps: int = 1000         # for the cosine schedule
+    std_normalise: bool = True      # divide by the group's std (GRPO); False: only subtract the mean (RLOO-like)
+    eps: float = 1e-4
+    kl_coef: float = 0.0            # exact KL(pi || pi_ref) per prompt; needs a reference model
+    token_entropy_coef: float = 0.0
+    batch_entropy_coef: float = 0.0
+    max_grad_norm: float | None = 1.0
+    mask_banned: bool = True
+
+
+def group_advantages(rewards: torch.Tensor, std_normalise: bool = True, eps: float = 1e-4) -> torch.Tensor:
+    """(B, k) rewards -> advantages relative to each prompt's group: r - mean, divided by the
+    group's (population) std + eps when ``std_normalise``. A group whose answers all earn the
+    same reward gets advantage 0 everywhere."""
+    centred = rewards - rewards.mean(dim=1, keepdim=True)
+    if std_normalise:
+        centred = centred / (rewards.std(dim=1, unbiased=False, keepdim=True) + eps)
+    return centred
+
+
+class GroupRelative(_Trainer):
+    """Group-relative policy gradient for one-token answers."""
+
+    def __init__(self, model, config: GroupConfig, banned_ids=(), ref_model=None):
+        super().__init__(model, config.lr, config.total_steps, config.max_grad_norm)
+        self.cfg, self.banned = config, list(banned_ids)
+        if config.kl_coef > 0 and ref_model is None:
+            ref_model = copy.deepcopy(model)
+        self.ref = disable_dropout(ref_model).requires_grad_(False) if ref_model is not None else None
+
+    def step(self, prompts: list[torch.Tensor], reward_table: torch.Tensor, generator=None) -> dict:
+        """One batch: sample k answers per prompt, score them with ``reward_table`` (B, V: the
+        reward of every possible answer token), then ``epochs`` clipped updates."""
+        cfg = self.cfg
+        self.model.train()  # dropout is off, so this equals eval mode; the first epoch reuses this pass
+        logits = last_position(self.model, prompts)
+        answers = sample(logits, cfg.k, self.banned, generator)                    # (B, k)
+        rewards = reward_table.gather(1, answers)                                   # (B, k)
+        adv = group_advantages(rewards, cfg.std_normalise, cfg.eps)
+        first = masked_log_softmax(logits, self.banned, cfg.mask_banned)
+        old_logp = first.detach().gather(1, answers)
+        ref_logp = None
+        if self.ref is not None and cfg.kl_coef > 0:
+            with torch.no_grad():
+                ref_logp = masked_log_softmax(last_position(self.ref, prompts), self.banned, cfg.mask_banned)
+        for epoch in range(cfg.epochs):
+            logp_all = first if epoch == 0 else masked_log_softmax(last_position(self.model, prompts),
+                                                                    self.banned, cfg.mask_banned)
+            ratio = torch.exp(logp_all.gather(1, answers) - old_logp)
+            pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip, 1 + cfg.clip)).mean()
+            ent = _entropy_terms(logp_all)
+            loss = pg_loss - cfg.token_entropy_coef * ent["token_entropy"] - cfg.batch_entropy_coef * ent["batch_entropy"]
+            kl = torch.zeros(())
+            if ref_logp is not None:
+                p = logp_all.exp()
+                kl = (p * (logp_all - ref_logp).nan_to_num(0.0, posinf=0.0, neginf=0.0)).sum(-1).mean()
+                loss = loss + cfg.kl_coef * kl
+            grad_norm = self._apply(loss)
+        self.sched.step()
+        self.model.eval()
+        return dict(reward=rewards.mean().item(), answers=answers, rewards=rewards, logits=logits.detach(),
+                    loss_policy=pg_loss.item(), kl=kl.item(), grad_norm=grad_norm,
+                    clipfrac=((ratio - 1).abs() > cfg.clip).float().mean().item(),
+                    zero_advantage_groups=(rewards.std(dim=1) == 0).float().mean().item(),
+                    train_token_entropy=ent["token_entropy"].item(), train_batch_entropy=ent["batch_entropy"].item(),
+                    lr=self.sched.get_last_lr()[0])
+
+
+# ----------------------------------------------------------------------------- PPO (trl's algorithm)
+@dataclass
+class PPOConfig:
+    """The defaults are trl 0.11.4's ``PPOConfig`` defaults (one-token responses)."""
+    lr: float = 1.41e-5
+    total_steps: int = 1000
+    mini_batch_size: int = 128
+    ppo_epochs: int = 4
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    init_kl_coef: float = 0.2
+    adaptive_kl: bool = True
+    kl_target: float = 6.0
+    kl_horizon: float = 10000.0
+    ratio_threshold: float = 10.0
+    max_grad_norm: float | None = None
+    token_entropy_coef: float = 0.0
+    batch_entropy_coef: float = 0.0
+    mask_banned: bool = True
+    cosine: bool = False              # trl keeps the lr constant
+
+
+class AdaptiveKL:
+    """trl's adaptive KL controller (Ziegler et al. 2019): moves the coefficient towards a KL target."""
+
+    def __init__(self, value: float, target: float, horizon: float, adaptive: bool = True):
+        self.value, self.target, self.horizon, self.adaptive = value, target, horizon, adaptive
+
+    def update(self, current_kl: float, n: int) -> None:
+        if self.adaptive:
+            error = float(np.clip(current_kl / self.target - 1, -0.2, 0.2))
+            self.value *= 1 + error * n / self.horizon
+
+
+def whiten(x: torch.Tensor) -> torch.Tensor:
+    """(x - mean) / sqrt(unbiased var + 1e-8), as trl's ``masked_whiten``."""
+    return (x - x.mean()) * torch.rsqrt(x.var(unbiased=True) + 1e-8)
+
+
+class OneTokenPPO(_Trainer):
+    """PPO with a value head for one-token responses. ``kl_reference``: ``"frozen"`` (a frozen copy
+    of the start) or ``"policy"`` (the policy is its own reference: KL always 0, the paper's code)."""
+
+    def __init__(self, model, config: PPOConfig, banned_ids=(), kl_reference: str = "frozen",
+                 value_head: torch.nn.Linear | None = None):
+        self.value_head = value_head or torch.nn.Linear(model.config.hidden_size, 1)
+        super().__init__(model, config.lr, config.total_steps if config.cosine else 10**12, config.max_grad_norm,
+                         extra_params=self.value_head.parameters())
+        if kl_reference not in ("frozen", "policy"):
+            raise ValueError(f"kl_reference must be 'frozen' or 'policy', got {kl_reference!r}")
+        self.ref = None if kl_reference == "policy" else disable_dropout(copy.deepcopy(model)).requires_grad_(False)
+        self.cfg, self.banned = config, list(banned_ids)
+        self.kl_ctl = AdaptiveKL(config.init_kl_coef, config.kl_target, config.kl_horizon, config.adaptive_kl)
+
+    def forward(self, prompts):
+        logits, hidden = last_position(self.model, prompts, with_hidden=True)
+        return masked_log_softmax(logits, self.banned, self.cfg.mask_banned), self.value_head(hidden).squeeze(-1)
+
+    def rollout_logits(self, prompts) -> torch.Tensor:
+        with eval_mode(self.model):
+            return last_position(self.model, prompts)
+
+    def step(self, prompts: list[torch.Tensor], answers: torch.Tensor, scores: torch.Tensor) -> dict:
+        """One PPO step on (prompt, answer token, score) triples, as trl's ``PPOTrainer.step``."""
+        cfg, B = self.cfg, len(prompts)
+        answers, scores = answers.view(-1, 1), scores.float().view(-1)
+        with eval_mode(self.model):
+            logp_all, values = self.forward(prompts)
+            logp_old = logp_all.gather(1, answers).squeeze(1)
+            if self.ref is None:
+                ref_logp_all = logp_all
+            else:
+                ref_logp_all = masked_log_softmax(last_position(self.ref, prompts), self.banned, cfg.mask_banned)
+            ref_logp = ref_logp_all.gather(1, answers).squeeze(1)
+            kl = logp_old - ref_logp                                # trl's "kl" estimator of one token
+            exact_kl = (logp_all.exp() * (logp_all - ref_logp_all).nan_to_num(0.0, posinf=0.0, neginf=0.0)).sum(-1)
+            returns = scores - self.kl_ctl.value * kl              # the score plus the KL penalty
+            advantages = whiten(returns - values)                  # one step: GAE reduces to r - V
+        stats = []
+        self.model.train()
+        for _ in range(cfg.ppo_epochs):
+            order = np.random.permutation(B)                        # trl's shuffle (numpy's global RNG)
+            for start in range(0, B, cfg.mini_batch_size):
+                idx = torch.as_tensor(order[start:start + cfg.mini_batch_size])
+                stats.append(self._minibatch([prompts[i] for i in idx.tolist()], answers[idx], logp_old[idx],
+                                             values[idx], advantages[idx], returns[idx]))
+        self.model.eval()
+        self.sched.step()
+        mean_kl = kl.mean().item()
+        kl_coef = self.kl_ctl.value
+        self.kl_ctl.update(mean_kl, B)
+        out = {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}
+        out["value_var_explained"] = 1 - out.pop("value_error") / returns.var(unbiased=True).item()
+        out.update(kl=mean_kl, exact_kl=exact_kl.mean().item(), kl_coef=kl_coef, reward=scores.mean().item(),
+                   value_mean=values.mean().item(), return_mean=returns.mean().item(),
+                   value_return_corr=float(np.corrcoef(values.numpy(), returns.numpy())[0, 1]) if B > 2 else float("nan"))
+        return out
+
+    def _minibatch(self, prompts, answers, logp_old, values, advantages, returns) -> dict:
+        cfg = self.cfg
+        logp_all, vpred = self.forward(prompts)
+        logp = logp_all.gather(1, answers).squeeze(1)
+        vclipped = torch.max(torch.min(vpred, values + cfg.cliprange_value), values - cfg.cliprange_value)
+        vf_loss = 0.5 * torch.max((vpred - returns) ** 2, (vclipped - returns) ** 2).mean()
+        ratio = torch.exp(logp - logp_old)
+        pg_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - cfg.cliprange, 1 + cfg.cliprange)).mean()
+        if ratio.mean().item() > cfg.ratio_threshold:               # trl skips such a batch
+            pg_loss, vf_loss = pg_loss * 0.0, vf_loss * 0.0
+        ent = _entropy_terms(logp_all)
+        bonus = cfg.token_entropy_coef * ent["token_entropy"] + cfg.batch_entropy_coef * ent["batch_entropy"]
+        grad_norm = self._apply(pg_loss + cfg.vf_coef * vf_loss - bonus)
+        return dict(loss_policy=pg_loss.item(), loss_value=vf_loss.item(), grad_norm=grad_norm,
+                    clipfrac=((ratio - 1).abs() > cfg.cliprange).float().mean().item(),
+                    approxkl=(0.5 * (logp - logp_old) ** 2).mean().item(),
+                    value_error=((vpred - returns) ** 2).mean().item(),
+                    train_token_entropy=ent["token_entropy"].item(), train_batch_entropy=ent["batch_entropy"].item())
+
+
+# ----------------------------------------------------------------------------- supervised reference
+class Supervised(_Trainer):
+    """Cross-entropy on the true answer token: what RL is compared with."""
+
+    def __init__(self, model, lr: float, total_steps: int, max_grad_norm: float | None = 1.0):
+        super().__init__(model, lr, total_steps, max_grad_norm)
+
+    def step(self, prompts: list[torch.Tensor], targets: torch.Tensor) -> dict:
+        self.model.train()
+        logits = last_position(self.model, prompts)
+        loss = torch.nn.functional.cross_entropy(logits, targets)
+        grad_norm = self._apply(loss)
+        self.sched.step()
+        self.model.eval()
+        return dict(loss_supervised=loss.item(), grad_norm=grad_norm, lr=self.sched.get_last_lr()[0])
