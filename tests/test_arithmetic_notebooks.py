@@ -64,9 +64,10 @@ def test_group_run_tiny_budget(tmp_path):
     m = _metrics(out)
     assert list(m["step"]) == list(range(7)) and list(m["answers_seen"]) == [32 * s for s in range(7)]
     evals = m.dropna(subset=["heldout_greedy_exact_match"])["step"].tolist()
+    assert m.dropna(subset=["unseen_greedy_exact_match"])["step"].tolist() == evals
     assert evals == [0, 1, 2, 6]  # step 0, then 3 points spaced in log(step), always the last
     for col in ["reward", "rollout_max_share", "rollout_mutual_information", "train_batch_entropy", "loss_policy",
-                "unseen_greedy_exact_match", "banned_mass"]:
+                "banned_mass"]:
         assert m[col].iloc[1:].notna().all(), col
     summary = json.loads((out / "summary.json").read_text())
     assert summary["answers_seen"] == 6 * 8 * 4 and sum(summary["final"]["heldout"]["sampled_answers"].values()) == 16

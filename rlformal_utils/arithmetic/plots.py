@@ -15,6 +15,7 @@ from ..runs import complete_runs
 REG_LABEL = {"none": "no entropy term", "token": "token entropy", "batch": "batch entropy", "both": "both entropies"}
 KL_LABEL = {"policy": "KL 0", "frozen": "frozen ref + KL"}
 WEAK = 256  # the paper's pretraining set: 256 chains, one epoch
+COLLAPSE = 0.3  # max p̄ above this = collapsed (the true answers' most common value has a share of ~0.06)
 
 
 def arm_of(cfg: dict) -> str:
@@ -142,7 +143,8 @@ def fig_learning_curves(metrics: pd.DataFrame, runs: pd.DataFrame, arms: list[st
             d = m[(m["arm"] == arm) & (m["answers_seen"] > 0)]
             if len(d):
                 n = d["run"].nunique()
-                band(a, d, "answers_seen", col, f"{arm} ({n} seeds)", color=f"C{i}", marker=".", ms=5)
+                band(a, d, "answers_seen", col, f"{arm} ({n} seed{'s' if n > 1 else ''})", color=f"C{i}",
+                     marker=".", ms=5)
         final = "heldout_exact_match" if col.startswith("heldout") else "unseen_pairs_exact_match"
         if len(sup):
             a.axhline(sup[final].mean(), color="k", ls="--", lw=1.2,
@@ -151,10 +153,15 @@ def fig_learning_curves(metrics: pd.DataFrame, runs: pd.DataFrame, arms: list[st
             a.axhline(base[final].mean(), color="0.5", ls=":", lw=1.2, label=f"base model ({base[final].mean():.2f})")
         a.set(xscale="log", xlabel="sampled answers seen", title=title, ylim=(0, 1.02))
     ax[0].set_ylabel("greedy exact match")
-    ax[0].legend(loc="upper left", fontsize=8.5)
-    fig.suptitle(f"Learning to add from the reward alone (start: {start}; mean ± sd over seeds)", y=1.01)
+    fig.suptitle(f"Learning to add from the reward alone (start: {start}; mean ± sd over seeds)", y=1.0)
     fig.tight_layout()
+    _legend_below(fig, ax[0])
     return fig
+
+
+def _legend_below(fig, ax, ncol: int = 2) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol, frameon=False)
 
 
 def fig_reward_vs_naive(metrics: pd.DataFrame, runs: pd.DataFrame, arms: list[str], start: str):
@@ -189,10 +196,11 @@ def fig_collapse(metrics: pd.DataFrame, arms: list[str], start: str):
         band(ax[1], per_run, "bin", "rollout_mutual_information", arm, color=f"C{i}")
     ax[0].set(xscale="log", xlabel="sampled answers seen", ylabel="max p̄", ylim=(0, 1),
               title="share of the most common answer (1 = one answer for every prompt)")
+    ax[0].axhline(COLLAPSE, color="0.5", ls=":", lw=1)
     ax[1].set(xscale="log", xlabel="sampled answers seen", ylabel="nats",
               title="I(prompt; answer) = H(p̄) - mean H(p_i)")
-    ax[0].legend(loc="upper left", fontsize=8.5)
     fig.tight_layout()
+    _legend_below(fig, ax[0])
     return fig
 
 
@@ -252,8 +260,8 @@ def fig_ppo_diagnostics(metrics: pd.DataFrame, arm_filter: str = "PPO"):
     ax[1].set(title="adaptive KL coefficient", xlabel="answers seen", yscale="log")
     ax[2].set(title="value head: corr(value, return)", xlabel="answers seen", ylim=(-1, 1))
     ax[3].set(title="probability on banned tokens", xlabel="answers seen", yscale="log")
-    ax[0].legend(fontsize=8)
     fig.tight_layout()
+    _legend_below(fig, ax[0], ncol=3)
     return fig
 
 
@@ -265,13 +273,14 @@ def findings(runs: pd.DataFrame, weak: str) -> str:
         head = f"From {start}" + (f" (base model: held-out {base['heldout_exact_match'].mean():.2f})" if len(base) else "")
         lines.append(head + ":")
         for arm, g in d[d["algorithm"] != "none"].groupby("arm", sort=False):
-            collapsed = int((g["max_share"] > 0.5).sum())
+            collapsed = int((g["max_share"] > COLLAPSE).sum())
             reach = g["answers_to_0_9"]
-            reach_txt = (f"reached 0.9 after {reach.median():,.0f} answers (median; {reach.notna().sum()}/{len(g)} seeds)"
+            reach_txt = (f"first evaluated >= 0.9 at {reach.median():,.0f} answers (median of "
+                         f"{reach.notna().sum()}/{len(g)} seeds)"
                          if reach.notna().any() else "never reached 0.9")
             lines.append(f"  - {arm}: held-out {fmt_mean_sd(g['heldout_exact_match'])}, unseen additions "
                          f"{fmt_mean_sd(g['unseen_pairs_exact_match'])} after {g['answers_seen'].iloc[0]:,} answers; "
-                         f"{reach_txt}; collapsed (max p̄ > 0.5) in {collapsed}/{len(g)} seeds.")
+                         f"{reach_txt}; collapsed (max p̄ > {COLLAPSE}) in {collapsed}/{len(g)} seeds.")
     return "\n".join(lines)
 
 
@@ -282,9 +291,10 @@ def ppo_findings(metrics: pd.DataFrame) -> str:
     lines = []
     for (arm, run), r in m.groupby(["arm", "run"], sort=False):
         late = r[r["answers_seen"] >= r["answers_seen"].max() / 2]
-        lines.append(f"  - {run}: KL estimate min {r['kl'].min():.2f} (exact KL min {r['exact_kl'].min():.2f}); "
-                     f"KL coefficient {r['kl_coef'].iloc[0]:.3f} -> {r['kl_coef'].iloc[-1]:.3f}; value head: "
-                     f"corr(value, return) {late['value_return_corr'].median():.2f}, explained variance "
-                     f"{late['value_var_explained'].median():.2f} (medians over the second half); "
-                     f"banned-token probability {r['banned_mass'].iloc[-1]:.1e} at the end.")
+        lines.append(f"  - {run}: KL estimate mean {r['kl'].mean():.2f} nats, negative in {(r['kl'] < 0).mean():.0%} "
+                     f"of logged steps (exact KL mean {r['exact_kl'].mean():.2f}); KL coefficient "
+                     f"{r['kl_coef'].iloc[0]:.3f} -> {r['kl_coef'].iloc[-1]:.3f}; value head: corr(value, return) "
+                     f"{late['value_return_corr'].median():.2f}, explained variance {late['value_var_explained'].median():.2f}"
+                     f" (medians over the second half); banned-token probability {r['banned_mass'].min():.1e} at its "
+                     f"lowest, {r['banned_mass'].iloc[-1]:.1e} at the end.")
     return "\n".join(lines) if lines else "no PPO runs"
