@@ -170,7 +170,7 @@ def fig_judge_perplexity(runs: pd.DataFrame):
     """Before vs after: reward mean, the independent judge's positive share, reference perplexity.
     Bars: mean over seeds; dots: single seeds."""
     panels = [("reward_mean", "held-out mean reward"), ("judge_positive_share", "positive share (independent judge)"),
-              ("perplexity", "perplexity of responses\nunder the reference model")]
+              ("perplexity", "perplexity of responses\nunder the frozen base model")]
     settings = sorted(runs["setting"].unique())
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2))
     for a, (col, title) in zip(axes, panels):
@@ -252,11 +252,8 @@ def fig_kl_sweep(table: pd.DataFrame):
                 a.axhline(d[before[col]].mean(), color=f"C{i}", ls=":", lw=1, label="before PPO")
         for y, text in lines:
             a.axhline(y, color="0.4", ls="--", lw=1, label=text)
-        a.set(xlabel="KL coefficient", ylabel=ylabel)
-        if (table["kl_coef"] > 0).all():
-            a.set_xscale("log")
-        elif table["kl_coef"].nunique() > 1:
-            a.set_xscale("symlog", linthresh=min(table.loc[table["kl_coef"] > 0, "kl_coef"], default=0.01))
+        a.set(xlabel="KL coefficient (fixed)", ylabel=ylabel)
+        a.set_xticks(sorted(table["kl_coef"].unique()))
         a.legend(fontsize=8)
     fig.suptitle("KL sweep: what the KL penalty buys (held-out prompts)", fontsize=11)
     fig.tight_layout()
