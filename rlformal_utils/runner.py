@@ -228,6 +228,9 @@ def clean_executed(path: Path) -> None:
         for key in VOLATILE:
             meta.get("papermill", {}).pop(key, None)
         meta.pop("execution", None)
+    for cell in nb.cells:  # papermill gives the cell it injects a new random id every time
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            cell["id"] = "injected-parameters"
     nbformat.write(nb, path)
 
 
