@@ -55,7 +55,8 @@ def load_runs(results_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
                          heldout_sampled_exact_match=h["sampled_exact_match"], heldout_reward=h["sampled_reward"],
                          max_share=h["eval_max_share"], mutual_information=h["eval_mutual_information"],
                          batch_entropy=h["eval_batch_entropy"], answers_to_0_9=reached.min() if len(reached) else np.nan,
-                         naive_reward=summary["naive_reward"], wall_seconds=summary["train_seconds"],
+                         naive_reward=summary["naive_reward"], naive_answer=summary["naive_answer"],
+                         true_answers=summary["true_answers"], wall_seconds=summary["train_seconds"],
                          cpu_seconds=summary["train_cpu_seconds"]))
     if not rows:
         raise FileNotFoundError(f"no complete runs under {results_dir}")
@@ -95,6 +96,16 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     table["_k"] = table["arm"].map(lambda a: order.get(a, 1 if a.startswith("group") else 2))
     table["_s"] = table["start"].map(lambda s: int(s.split()[0]) != WEAK)
     return table.sort_values(["_s", "_k", "arm"]).drop(columns=["_k", "_s"]).reset_index(drop=True)
+
+
+def naive_exact_match(runs: pd.DataFrame) -> tuple[int | None, float | None]:
+    """The naive solution's answer and its held-out exact match (the share of problems whose true
+    answer it happens to be), from the ``naive_answer`` and ``true_answers`` the runs record."""
+    if "naive_answer" not in runs or runs["naive_answer"].isna().all():
+        return None, None
+    row = runs.dropna(subset=["naive_answer"]).iloc[0]
+    true = row["true_answers"]
+    return int(row["naive_answer"]), true.get(str(int(row["naive_answer"])), 0) / sum(true.values())
 
 
 # ----------------------------------------------------------------------------- one run
@@ -141,6 +152,7 @@ def fig_learning_curves(metrics: pd.DataFrame, runs: pd.DataFrame, arms: list[st
     supervised reference and the naive-answer level as lines."""
     fig, ax = plt.subplots(1, 2, figsize=(13, 4.6), sharey=True)
     m = metrics[metrics["start"] == start]
+    naive_answer, naive_match = naive_exact_match(runs)
     sup = runs[(runs["start"] == start) & (runs["algorithm"] == "supervised")]
     base = runs[(runs["start"] == start) & (runs["algorithm"] == "none")]
     for a, (col, title) in zip(ax, [("heldout_greedy_exact_match", "held-out problems (seen additions)"),
@@ -157,6 +169,9 @@ def fig_learning_curves(metrics: pd.DataFrame, runs: pd.DataFrame, arms: list[st
                       label=f"supervised, same prompts ({sup[final].mean():.2f})")
         if len(base):
             a.axhline(base[final].mean(), color="0.5", ls=":", lw=1.2, label=f"base model ({base[final].mean():.2f})")
+        if col.startswith("heldout") and naive_match is not None:
+            a.axhline(naive_match, color="C3", ls="-.", lw=1.2,
+                      label=f"naive solution: always {naive_answer} ({naive_match:.2f})")
         a.set(xscale="log", xlabel="sampled answers seen", title=title, ylim=(0, 1.02))
     ax[0].set_ylabel("greedy exact match")
     fig.suptitle(f"Learning to add from the reward alone (start: {start}; mean ± sd over seeds)", y=1.0)
