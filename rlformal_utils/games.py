@@ -45,6 +45,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+# Part of every reward-cache key: bump it whenever the reward's computation changes, so that old
+# cached scores are never reused for a different reward.
+REWARD_VERSION = 2
+
 # ----------------------------------------------------------------------------- reward values
 REWARD_NO_COMPILE = 0.0
 REWARD_NOT_PLAYABLE = 0.05
@@ -464,7 +468,7 @@ class GameRewarder:
 
     # -- cache
     def key(self, description: str) -> str:
-        blob = json.dumps(dict(self.settings, description=description), sort_keys=True)
+        blob = json.dumps(dict(self.settings, description=description, reward_version=REWARD_VERSION), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     def _store(self, key: str, result: GameResult) -> None:

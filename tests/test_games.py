@@ -310,3 +310,12 @@ def test_games_notebook_rejects_a_bad_parameter_before_any_work(tmp_path, bad, e
     assert proc.returncode != 0
     assert error in proc.stderr and next(iter(bad)) in proc.stderr
     assert not (tmp_path / "run").exists()  # stopped before writing anything
+
+
+def test_reward_cache_key_changes_with_the_reward_version(monkeypatch, tmp_path):
+    """A changed reward must never reuse old cached scores: the code version is part of the key."""
+    with G.GameRewarder(workers=0, n_playouts=4, max_turns=10, cache_path=tmp_path / "r.jsonl") as r:
+        before = r.key(BUNDLED["tic_tac_toe"])
+        assert r.key(BUNDLED["tic_tac_toe"]) == before and r.key(BUNDLED["hex"]) != before
+        monkeypatch.setattr(G, "REWARD_VERSION", G.REWARD_VERSION + 1)
+        assert r.key(BUNDLED["tic_tac_toe"]) != before
