@@ -256,6 +256,16 @@ def _append_log(path: Path, run: Run, ok: bool, seconds: float, jobs: int) -> No
         f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')},{run.experiment},{run.name},{ok},{seconds:.1f},{jobs}\n")
 
 
+def _append_timing(path: Path, row: dict) -> None:
+    """One row per ``./run_all.sh`` that trained anything: what ran, on what, from what state, how long."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with open(path, "a") as f:
+        if new:
+            f.write(",".join(row) + "\n")
+        f.write(",".join(str(v) for v in row.values()) + "\n")
+
+
 def run_complete(run: Run, results: Path) -> bool:
     d = run.out_dir(results)
     return is_complete(d) and (d / f"{run.experiment}.ipynb").exists()
@@ -297,6 +307,9 @@ def main(argv=None) -> int:
 
     failed = []
     t0 = time.time()
+    load_start = os.getloadavg()[0]
+    from .runs import CACHE_DIR
+    cache_empty = not any(CACHE_DIR.glob("*/*")) if CACHE_DIR.exists() else True
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = {pool.submit(execute, NOTEBOOKS / f"{r.experiment}.ipynb", r.out_dir(results),
                                dict(r.params, output_dir=_rel(r.out_dir(results)), torch_threads=threads),
@@ -311,6 +324,11 @@ def main(argv=None) -> int:
                 if not ok:
                     failed.append(r)
     print(f"runs finished in {(time.time() - t0) / 60:.1f} min, {len(failed)} failed")
+    if todo:
+        _append_timing(results / "timings.csv", dict(
+            profile=args.profile, experiments=" ".join(experiments), runs=len(todo), jobs=args.jobs,
+            threads_per_job=threads, cpu_count=os.cpu_count(), load_average_start=round(load_start, 2),
+            wall_seconds=round(time.time() - t0, 1), cache_empty=cache_empty, failed=len(failed)))
 
     if not args.no_figures:
         for e in experiments:

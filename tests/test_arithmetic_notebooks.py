@@ -133,6 +133,9 @@ def test_runner_smoke_profile_end_to_end(tmp_path):
     assert len(runs) == 8
     for name in ["learning_curves", "collapse", "histograms", "reward", "competent_start", "ppo_diagnostics"]:
         assert (figures / f"arithmetic_{name}.png").exists() and (figures / f"arithmetic_{name}.pdf").exists(), name
+    timing = pd.read_csv(results / "timings.csv")  # one row per training invocation of the runner
+    assert len(timing) == 1 and timing["runs"].iloc[0] == 8 and timing["profile"].iloc[0] == "smoke"
+    assert timing["wall_seconds"].iloc[0] > 0 and timing["cache_empty"].iloc[0] in (True, False)
     table = pd.read_csv(results / "arithmetic_runs.csv")
     assert len(table) == 8 and set(table["algorithm"]) == {"none", "group", "ppo", "supervised"}
     for col in ["algorithm", "regulariser", "kl_reference", "pretrain_chains", "seed", "answers_seen",
@@ -148,3 +151,4 @@ def test_runner_smoke_profile_end_to_end(tmp_path):
     second = subprocess.run(cmd + ["--no-figures"], capture_output=True, text=True, env=os.environ)
     assert second.returncode == 0
     assert "7 complete (skipped), 1 to run" in second.stdout
+    assert len(pd.read_csv(results / "timings.csv")) == 2
