@@ -16,21 +16,8 @@ from rlformal_utils.pretrain import build_gpt2
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return task.make_tokenizer()
-
-
-@pytest.fixture(scope="module")
 def problems():
     return task.make_splits(64, 16, seed=0).train
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory, tok):
-    d = tmp_path_factory.mktemp("tiny")
-    build_gpt2("tiny", tok, seed=0).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
 
 
 # ----------------------------------------------------------------------------- reward table

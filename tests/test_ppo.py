@@ -17,21 +17,8 @@ B = 8
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return A.make_tokenizer()
-
-
-@pytest.fixture(scope="module")
 def problems():
     return A.make_splits(64, 0, seed=0, n_unseen=0).train
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory, tok):
-    d = tmp_path_factory.mktemp("tiny")
-    build_gpt2("tiny", tok, seed=0).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
 
 
 @pytest.fixture(scope="module")
