@@ -56,7 +56,8 @@ def bench_fast(size, batch, steps, epochs, algorithm, k=8) -> float:
     tok = task.make_tokenizer()
     model, ban, numbers = build_gpt2(size, tok), banned_ids(tok), task.number_token_ids(tok)
     if algorithm == "ppo":
-        trainer = one_token.OneTokenPPO(model, one_token.PPOConfig(lr=1e-4, mini_batch_size=batch, ppo_epochs=epochs),
+        trainer = one_token.OneTokenPPO(model, one_token.PPOConfig(lr=1e-4, mini_batch_size=batch, ppo_epochs=epochs,
+                                                                   mask_banned=False),  # exactly trl's updates
                                         ban, kl_reference="frozen")
     else:
         trainer = one_token.GroupRelative(model, one_token.GroupConfig(k=k, epochs=2, lr=1e-3), ban)
