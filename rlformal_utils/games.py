@@ -27,7 +27,10 @@ compilation of the playout loop) beside ``play_seconds``.
 
 Two speed-ups are applied inside the workers, neither changes a result: the Lark parser is built
 once instead of once per game, and ludax's board-adjacency tables (an eager per-cell loop that
-depends only on the board) are memoised per board geometry.
+depends only on the board) are memoised per board geometry. One ludax bug is worked around: its
+``RenderingInfo`` keeps the piece-to-shape map as a class attribute, shared by every game built in
+a process, so after a few games with differently named pieces the shapes run out and a valid game
+fails to build ("IndexError: pop from empty list"). Each build gets its own map here.
 """
 from __future__ import annotations
 
@@ -47,7 +50,7 @@ from pathlib import Path
 
 # Part of every reward-cache key: bump it whenever the reward's computation changes, so that old
 # cached scores are never reused for a different reward.
-REWARD_VERSION = 2
+REWARD_VERSION = 3
 
 # ----------------------------------------------------------------------------- reward values
 REWARD_NO_COMPILE = 0.0
@@ -208,7 +211,7 @@ _LUDAX_READY = False
 
 
 def _prepare_ludax() -> None:
-    """Import jax and ludax and apply the two result-neutral speed-ups (see the module doc)."""
+    """Import jax and ludax, apply the two result-neutral speed-ups and the shared-map fix (module doc)."""
     global _LUDAX_READY
     if _LUDAX_READY:
         return
@@ -216,6 +219,7 @@ def _prepare_ludax() -> None:
 
     import ludax
     import ludax.environment
+    import ludax.game_info
     import ludax.utils
     from lark import Lark
 
@@ -228,6 +232,19 @@ def _prepare_ludax() -> None:
         return parsers[key]
 
     ludax.environment.Lark = cached_lark
+
+    extractor = ludax.game_info.GameInfoExtractor
+    if not hasattr(extractor.__init__, "original"):
+        original_init = extractor.__init__
+
+        @functools.wraps(original_init)
+        def init_with_own_maps(self):  # ludax shares these dicts between all games (class attributes)
+            original_init(self)
+            self.rendering_info.color_mapping = {"P1": "white", "P2": "black"}
+            self.rendering_info.piece_shape_mapping = {}
+
+        init_with_own_maps.original = original_init
+        extractor.__init__ = init_with_own_maps
 
     def by_board(fn):
         memo: dict = {}
@@ -434,10 +451,7 @@ class GameRewarder:
     ``workers=0`` evaluates in this process (no timeout is possible then). ``cache_path``, if
     given, is a JSON-lines file that keeps results across sessions. ``jax_cache_dir`` is jax's
     persistent compilation cache for the workers ("default": ``.cache/jax``; None, the default: off).
-    It is off by default: with it on, a valid bundled game (wolf_and_sheep) sometimes failed to build
-    in a worker ("IndexError: pop from empty list"; 3 of 5 runs of the bundled-games test), plausibly
-    workers racing on the shared cache files; with it off we have not seen that. Use as a context
-    manager or call ``close()`` to stop the workers.
+    Use as a context manager or call ``close()`` to stop the workers.
     """
 
     def __init__(self, workers: int = 1, timeout: float = 120.0, n_playouts: int = 100,

@@ -135,6 +135,17 @@ def test_speedups_do_not_change_the_engine():
     assert (memo(info) == memo.uncached(info)).all() and memo(info) is memo(info)
 
 
+def test_a_valid_game_still_builds_after_many_others_in_the_same_process():
+    # ludax keeps its piece-to-shape map as a class attribute; unpatched, the shapes run out after
+    # a few games with differently named pieces and wolf_and_sheep fails ("pop from empty list").
+    from ludax import LudaxEnvironment
+
+    G._prepare_ludax()
+    for name in list(BUNDLED) + ["wolf_and_sheep", "english_draughts"]:
+        env = LudaxEnvironment(game_str=BUNDLED[name])
+        assert set(env.rendering_info.piece_shape_mapping) == set(env.game_info.piece_names), name
+
+
 # ----------------------------------------------------------------------------- engine (workers)
 @pytest.fixture(scope="module")
 def rewarder():
