@@ -51,6 +51,20 @@ def fmt_mean_sd(values, digits: int = 3) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f} ({n})"
 
 
+def thousands(ax, axis: str = "x", n_ticks: int = 5) -> None:
+    """Ticks such as 50k, 100k, 1.5M on a linear axis of counts, at most ``n_ticks`` of them."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    def short(v, _pos):
+        if abs(v) >= 1e6:
+            return f"{v / 1e6:g}M"
+        return f"{v / 1e3:g}k" if abs(v) >= 1e3 else f"{v:g}"
+
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    target.set_major_locator(MaxNLocator(n_ticks))
+    target.set_major_formatter(FuncFormatter(short))
+
+
 def band(ax, df: pd.DataFrame, x: str, y: str, label: str, color=None, **kw) -> None:
     """Mean line and ± sd (ddof=1) band over the runs in ``df`` (one value per run and x)."""
     g = df.dropna(subset=[y]).groupby(x)[y]

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ..figures import band, fmt_mean_sd
+from ..figures import band, fmt_mean_sd, thousands
 from ..runs import complete_runs
 
 REG_LABEL = {"none": "no entropy term", "token": "token entropy", "batch": "batch entropy", "both": "both entropies"}
@@ -230,12 +230,17 @@ def fig_histograms(results_dir, runs: pd.DataFrame, arms: list[str], start: str,
     panel has its own y-axis so that a spread-out histogram is not flattened by a collapsed one."""
     chosen = [runs[(runs["arm"] == a) & (runs["start"] == start) & (runs["seed"] == seed)] for a in arms]
     chosen = [c.iloc[0] for c in chosen if len(c)]
-    fig, ax = plt.subplots(1, len(chosen), figsize=(4.6 * len(chosen), 3.8), squeeze=False)
-    for a, row in zip(ax[0], chosen):
+    cols = min(3, len(chosen))
+    rows = -(-len(chosen) // cols)
+    fig, ax = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows), squeeze=False)
+    for a, row in zip(ax.flat, chosen):
         summary = json.loads((Path(results_dir) / row["run"] / "summary.json").read_text())
-        _histogram(a, summary, title=f"{row['arm']}\nexact match {row['heldout_exact_match']:.2f}, "
+        arm = row["arm"].replace(", frozen", ",\nfrozen").replace(", banned", ",\nbanned")
+        _histogram(a, summary, title=f"{arm}\nexact match {row['heldout_exact_match']:.2f}, "
                                      f"max p̄ {row['max_share']:.2f}")
-        a.title.set_fontsize(9.5)
+        a.title.set_fontsize(10)
+    for a in ax.flat[len(chosen):]:
+        a.set_visible(False)
     fig.tight_layout()
     return fig
 
@@ -281,6 +286,8 @@ def fig_ppo_diagnostics(metrics: pd.DataFrame, arm_filter: str = "PPO"):
     ax[1].set(title="adaptive KL coefficient", xlabel="answers seen", yscale="log")
     ax[2].set(title="value head: corr(value, return)", xlabel="answers seen", ylim=(-1, 1))
     ax[3].set(title="probability on banned tokens", xlabel="answers seen", yscale="log")
+    for a in ax:
+        thousands(a)
     fig.tight_layout()
     _legend_below(fig, ax[0], ncol=3)
     return fig
