@@ -2,26 +2,28 @@
 
     python -m rlformal_utils.runner --profile quick --jobs 2      # what ./run_all.sh calls
     python -m rlformal_utils.runner --profile quick --dry-run     # list the runs and the estimate
+    python -m rlformal_utils.runner --dask-scheduler local        # the runs on a Dask LocalCluster
 
-Each run is one papermill execution of a notebook into ``results/<experiment>/<run>/``. A run whose
-``config.json``, ``metrics.csv``, ``summary.json`` and executed notebook all exist is skipped
-(``--redo`` reruns it). A failed run keeps ``notebook.partial.ipynb`` and ``papermill.log`` for
-inspection and never looks complete.
+Each run is one papermill execution of a notebook into ``results/<experiment>/<run>/``, on local
+processes or a Dask cluster (``rlformal_utils/executors.py``). A run whose ``config.json``,
+``metrics.csv``, ``summary.json`` and executed notebook all exist is skipped (``--redo`` reruns it).
+A failed run keeps ``notebook.partial.ipynb`` and ``papermill.log`` for inspection and never looks
+complete. The figure notebooks run on this machine after the grid.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
+import signal
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 
-import yaml
 from tqdm.auto import tqdm
 
+from .executors import DaskCluster, Job, LocalProcesses, SchedulerUnreachable, execute, forwarded_env
 from .runs import REPO_ROOT, is_complete
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
@@ -194,56 +196,18 @@ def runs_for(experiment: str, profile: str) -> list[Run]:
 
 
 # ----------------------------------------------------------------------------- execution
-def execute(notebook: Path, out_dir: Path, params: dict, threads: int, final_name: str) -> tuple[bool, float, str]:
-    """papermill ``notebook`` into ``out_dir``; rename the executed copy only on success."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    partial = out_dir / "notebook.partial.ipynb"
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"), PYTHONWARNINGS="ignore",
-               RLFORMAL_PROGRESS="lines")  # a few summary lines, not bar refreshes, in executed notebooks
-    cmd = [sys.executable, "-m", "papermill", str(notebook), str(partial), "--cwd", str(notebook.parent),
-           "--no-progress-bar", "--log-level", "WARNING", "--start-timeout", "600", "-y", yaml_params(params)]
-    t = time.time()
-    with open(out_dir / "papermill.log", "w") as logf:
-        rc = subprocess.call(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
-    seconds = time.time() - t
-    if rc == 0:
-        clean_executed(partial)
-        os.replace(partial, out_dir / final_name)
-        (out_dir / "papermill.log").unlink(missing_ok=True)
-        return True, seconds, ""
-    tail = (out_dir / "papermill.log").read_text().strip().splitlines()[-3:]
-    return False, seconds, " | ".join(tail)
-
-
-VOLATILE = ("start_time", "end_time", "duration", "input_path", "output_path", "environment_variables")
-
-
-def clean_executed(path: Path) -> None:
-    """Drop what changes on every execution (timestamps, durations, absolute paths) from an executed
-    notebook, so that a rerun with the same results leaves ``git status`` clean."""
-    import nbformat
-    nb = nbformat.read(path, as_version=4)
-    for meta in [nb.metadata] + [c.metadata for c in nb.cells]:
-        for key in VOLATILE:
-            meta.get("papermill", {}).pop(key, None)
-        meta.pop("execution", None)
-    for cell in nb.cells:  # papermill gives the cell it injects a new random id every time
-        if "injected-parameters" in cell.metadata.get("tags", []):
-            cell["id"] = "injected-parameters"
-    nbformat.write(nb, path)
-
-
+# ----------------------------------------------------------------------------- execution
 def _rel(path: Path) -> str:
     """A path as the notebooks (which run in notebooks/) see it: relative, so executed notebooks
     carry no absolute paths of the machine that ran them."""
     return os.path.relpath(path, NOTEBOOKS)
 
 
-def yaml_params(params: dict) -> str:
-    """Parameters as YAML for papermill's ``-y``. PyYAML writes 1e-05 as 1.0e-05, which YAML reads
-    back as a float (a JSON dump would give ``1e-05``, which YAML reads as a string)."""
-    return yaml.safe_dump(params, default_flow_style=True, width=10_000).strip()
+def run_job(run: Run, results: Path, threads: int | None) -> Job:
+    """The papermill execution of one run into its folder under ``results``."""
+    out = run.out_dir(results)
+    return Job(f"{run.experiment}/{run.name}", str(NOTEBOOKS / f"{run.experiment}.ipynb"), str(out),
+               dict(run.params, output_dir=_rel(out)), f"{run.experiment}.ipynb", threads, env=forwarded_env())
 
 
 def _append_log(path: Path, run: Run, ok: bool, seconds: float, jobs: int) -> None:
@@ -271,16 +235,61 @@ def run_complete(run: Run, results: Path) -> bool:
     return is_complete(d) and (d / f"{run.experiment}.ipynb").exists()
 
 
+def run_grid(executor, todo: list[Run], results: Path, threads: int | None, profile: str,
+             experiments: list[str]) -> list[Run] | None:
+    """Send the runs to ``executor``, report each as it finishes, log it, and append the timings row.
+    Returns the failed runs, or None after Ctrl-C (the executor has stopped what was running)."""
+    from .runs import CACHE_DIR
+    cache_empty = not any(CACHE_DIR.glob("*/*")) if CACHE_DIR.exists() else True
+    t0, load_start = time.time(), os.getloadavg()[0]
+    by_name = {f"{r.experiment}/{r.name}": r for r in todo}
+    failed, outcomes = [], []
+    try:
+        with executor, tqdm(total=len(todo), desc=f"{profile} runs", unit="run") as bar:
+            for job, out in executor.run(run_job(r, results, threads) for r in todo):
+                outcomes.append(out)
+                bar.update(1)
+                _append_log(results / "runner_log.csv", by_name[job.name], out.ok, out.seconds,
+                            executor.describe()["jobs"])
+                where = f" on {out.where}" if isinstance(executor, DaskCluster) and out.where else ""
+                tqdm.write(f"{'done' if out.ok else 'FAILED'} {job.name} in {out.seconds:.0f} s{where} {out.error}")
+                if not out.ok:
+                    failed.append(by_name[job.name])
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {len(outcomes)} of {len(todo)} runs finished; the others were stopped and stay "
+              "incomplete (the next ./run_all.sh reruns them)", file=sys.stderr)
+        return None
+    print(f"runs finished in {(time.time() - t0) / 60:.1f} min, {len(failed)} failed")
+    used = sorted({o.threads for o in outcomes if o.threads})
+    info = executor.describe()
+    _append_timing(results / "timings.csv", dict(
+        profile=profile, experiments=" ".join(experiments), runs=len(todo), jobs=info["jobs"],
+        threads_per_job=threads or "-".join(str(t) for t in dict.fromkeys(used[:1] + used[-1:])),
+        cpu_count=info["cpu_count"], load_average_start=round(load_start, 2),
+        wall_seconds=round(time.time() - t0, 1), cache_empty=cache_empty, failed=len(failed),
+        executor=info["executor"]))
+    return failed
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="quick", choices=PROFILES,
                     help="quick: laptop CPU (default); paper: the paper's settings (GPU or long run); "
                          "long: longer arithmetic runs (diagnostic); smoke: seconds, for tests")
-    ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1)), help="runs in parallel (default: one per core)")
+    ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1)),
+                    help="runs in parallel on this machine, as processes or LocalCluster workers "
+                         "(default: one per core); a remote Dask cluster runs as many as its workers have threads")
     ap.add_argument("--only", nargs="*", choices=sorted(EXPERIMENTS), help=f"experiments to run (default: {' '.join(DEFAULT_EXPERIMENTS)})")
+    ap.add_argument("--runs", nargs="+", metavar="PATTERN",
+                    help="only the runs whose name (or experiment/name) matches one of these shell patterns, "
+                         "e.g. 'group_*_s0'")
     ap.add_argument("--redo", action="store_true", help="rerun runs whose complete results already exist")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     ap.add_argument("--no-figures", action="store_true", help="skip the figure notebooks")
+    ap.add_argument("--dask-scheduler", metavar="ADDRESS",
+                    help="send the runs to a Dask distributed cluster: the tcp://host:port of a running scheduler "
+                         "whose workers share this filesystem, or 'local' to start a LocalCluster of --jobs "
+                         "workers here (default: local processes)")
     ap.add_argument("--results-dir", type=Path, help="default: results/ (quick) or results/<profile>/")
     ap.add_argument("--figures-dir", type=Path, help="default: figures/ (quick) or figures/<profile>/")
     args = ap.parse_args(argv)
@@ -292,12 +301,19 @@ def main(argv=None) -> int:
     figures = (args.figures_dir or REPO_ROOT / "figures" / sub).resolve()
     experiments = args.only or DEFAULT_EXPERIMENTS
     runs = [r for e in experiments for r in runs_for(e, args.profile)]
+    if args.runs:
+        runs = [r for r in runs if any(fnmatch(r.name, p) or fnmatch(f"{r.experiment}/{r.name}", p)
+                                       for p in args.runs)]
     experiments = [e for e in experiments if any(r.experiment == e for r in runs)]
     todo = [r for r in runs if args.redo or not run_complete(r, results)]
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    remote = args.dask_scheduler not in (None, "local")
+    threads = None if remote else max(1, (os.cpu_count() or 1) // args.jobs)  # remote: each worker decides
+    where = ("local processes" if args.dask_scheduler is None else
+             "a Dask LocalCluster" if not remote else f"the Dask scheduler at {args.dask_scheduler}")
+    parallel = f"{args.jobs} job(s) x {threads} thread(s)" if not remote else "as many jobs as its workers have threads"
+    print(f"profile {args.profile}: {len(runs)} runs in {', '.join(experiments)}; {len(runs) - len(todo)} complete "
+          f"(skipped), {len(todo)} to run on {where} with {parallel}")
     estimate = sum(r.estimate_s for r in todo) / args.jobs
-    print(f"profile {args.profile}: {len(runs)} runs in {', '.join(experiments)}; "
-          f"{len(runs) - len(todo)} complete (skipped), {len(todo)} to run with {args.jobs} job(s) x {threads} thread(s)")
     when = f"{estimate / 60:.0f} min" if estimate < 7200 else f"{estimate / 3600:.0f} h"
     print(f"estimated time on this CPU: {when} (+ base-model pretraining on first use; a GPU is much faster)")
     for r in todo:
@@ -305,42 +321,39 @@ def main(argv=None) -> int:
     if args.dry_run:
         return 0
 
-    failed = []
-    t0 = time.time()
-    load_start = os.getloadavg()[0]
-    from .runs import CACHE_DIR
-    cache_empty = not any(CACHE_DIR.glob("*/*")) if CACHE_DIR.exists() else True
-    with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {pool.submit(execute, NOTEBOOKS / f"{r.experiment}.ipynb", r.out_dir(results),
-                               dict(r.params, output_dir=_rel(r.out_dir(results)), torch_threads=threads),
-                               threads, f"{r.experiment}.ipynb"): r for r in todo}
-        with tqdm(total=len(todo), desc=f"{args.profile} runs", unit="run") as bar:
-            for fut in as_completed(futures):
-                r = futures[fut]
-                ok, seconds, err = fut.result()
-                bar.update(1)
-                _append_log(results / "runner_log.csv", r, ok, seconds, args.jobs)
-                tqdm.write(f"{'done' if ok else 'FAILED'} {r.experiment}/{r.name} in {seconds:.0f} s {err}")
-                if not ok:
-                    failed.append(r)
-    print(f"runs finished in {(time.time() - t0) / 60:.1f} min, {len(failed)} failed")
+    signal.signal(signal.SIGTERM, _interrupt)  # kill -TERM stops as cleanly as Ctrl-C
+    t0, failed = time.time(), []
     if todo:
-        _append_timing(results / "timings.csv", dict(
-            profile=args.profile, experiments=" ".join(experiments), runs=len(todo), jobs=args.jobs,
-            threads_per_job=threads, cpu_count=os.cpu_count(), load_average_start=round(load_start, 2),
-            wall_seconds=round(time.time() - t0, 1), cache_empty=cache_empty, failed=len(failed)))
+        executor = (LocalProcesses(args.jobs) if args.dask_scheduler is None
+                    else DaskCluster(args.dask_scheduler, args.jobs))
+        try:
+            failed = run_grid(executor, todo, results, threads, args.profile, experiments)
+        except SchedulerUnreachable as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if failed is None:
+            return 130
 
-    if not args.no_figures:
+    if not args.no_figures:  # on this machine, after the grid, whatever ran the grid
         for e in experiments:
             nb = NOTEBOOKS / FIGURE_NOTEBOOKS[e]
-            ok, seconds, err = execute(nb, results, dict(results_dir=_rel(results / e), figures_dir=_rel(figures),
-                                                          profile=args.profile), os.cpu_count() or 1,
-                                       FIGURE_NOTEBOOKS[e])
-            print(f"{'figures' if ok else 'FIGURES FAILED'}: {e} in {seconds:.0f} s {err}")
-            if not ok:
+            job = Job(f"{e} figures", str(nb), str(results), dict(results_dir=_rel(results / e),
+                      figures_dir=_rel(figures), profile=args.profile), FIGURE_NOTEBOOKS[e],
+                      os.cpu_count() or 1, thread_param=None)
+            try:
+                out = execute(job)
+            except KeyboardInterrupt:
+                print("\ninterrupted while drawing the figures", file=sys.stderr)
+                return 130
+            print(f"{'figures' if out.ok else 'FIGURES FAILED'}: {e} in {out.seconds:.0f} s {out.error}")
+            if not out.ok:
                 failed.append(e)
     print(f"total {(time.time() - t0) / 60:.1f} min; figures in {figures}, tables in {results}")
     return 1 if failed else 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
