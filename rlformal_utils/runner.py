@@ -1,7 +1,7 @@
 """Execute the experiment notebooks with papermill for a profile, then draw the figures.
 
     python -m rlformal_utils.runner --profile quick --jobs 2      # what ./run_all.sh calls
-    python -m rlformal_utils.runner --profile quick --dry-run     # list the runs and the estimate
+    python -m rlformal_utils.runner --profile paper --dry-run     # the runs and their cost per experiment
     python -m rlformal_utils.runner --dask-scheduler local        # the runs on a Dask LocalCluster
 
 Each run is one papermill execution of a notebook into ``results/<experiment>/<run>/``, on local
@@ -197,6 +197,12 @@ def runs_for(experiment: str, profile: str) -> list[Run]:
 
 # ----------------------------------------------------------------------------- execution
 # ----------------------------------------------------------------------------- execution
+# Assumed, not measured (no GPU here): how many times faster one GPU runs a paper-profile run than
+# one reference CPU thread, as a range (it depends on the GPU and the batch). The games reward
+# (ludax playouts, JAX on CPU) gets no speed-up, and it was 88 % of a quick-profile PPO step.
+GPU_SPEEDUP = {"arithmetic": (10, 50), "sentiment": (10, 50), "games": (1, 2)}
+
+
 def _rel(path: Path) -> str:
     """A path as the notebooks (which run in notebooks/) see it: relative, so executed notebooks
     carry no absolute paths of the machine that ran them."""
@@ -233,6 +239,44 @@ def _append_timing(path: Path, row: dict) -> None:
 def run_complete(run: Run, results: Path) -> bool:
     d = run.out_dir(results)
     return is_complete(d) and (d / f"{run.experiment}.ipynb").exists()
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f}" if seconds < 360_000 else f"{seconds / 3600:,.0f}"
+
+
+def print_plan(profile: str, runs: list[Run], todo: list[Run], slots: int, threads: int | None, where: str) -> None:
+    """Runs per experiment and what they cost: CPU-hours from the measured constants above, the wall
+    time on this machine, and for the paper profile GPU-hours on one GPU (an assumption, see GPU_SPEEDUP)."""
+    experiments = list(dict.fromkeys(r.experiment for r in runs))
+    parallel = f"{slots} job(s) x {threads} thread(s)" if slots else "as many jobs as its workers have threads"
+    print(f"profile {profile}: {len(runs)} runs in {', '.join(experiments)}; {len(runs) - len(todo)} complete "
+          f"(skipped), {len(todo)} to run on {where} with {parallel}")
+    gpu = profile == "paper"
+    print(f"  {'experiment':<12}{'runs':>6}{'to run':>8}{'CPU-h to run':>14}{'CPU-h all':>11}"
+          + (f"{'GPU-h to run':>14}" if gpu else ""))
+    rows = [(e, [r for r in runs if r.experiment == e], [r for r in todo if r.experiment == e]) for e in experiments]
+    rows.append(("total", runs, todo))
+    for e, mine, left in rows:
+        cpu_s = sum(r.estimate_s for r in left)
+        line = f"  {e:<12}{len(mine):>6}{len(left):>8}{_hours(cpu_s):>14}{_hours(sum(r.estimate_s for r in mine)):>11}"
+        if gpu:  # fastest and slowest assumed speed-up, per experiment
+            fast = sum(r.estimate_s / GPU_SPEEDUP[r.experiment][1] for r in left)
+            slow = sum(r.estimate_s / GPU_SPEEDUP[r.experiment][0] for r in left)
+            line += f"{_hours(fast) + '-' + _hours(slow):>14}"
+        print(line)
+    print("CPU-h: one reference CPU thread per run, from the per-answer and per-step costs in "
+          "rlformal_utils/runner.py; base-model pretraining on first use comes on top.")
+    if slots:
+        wall = sum(r.estimate_s for r in todo) / slots
+        print(f"estimated wall time here with {slots} job(s): "
+              + (f"{wall / 60:.0f} min" if wall < 7200 else f"{wall / 3600:.0f} h"))
+    if gpu:
+        print("GPU-h: one GPU running the runs one after another. ASSUMED, not measured, speed-up of one GPU\n"
+              "  over one CPU thread: " + ", ".join(f"{e} {a}-{b}x" for e, (a, b) in GPU_SPEEDUP.items()
+                                                   if e in experiments) + " (the games reward runs on CPU).\n"
+              "  No paper-profile run has been made on a GPU, and its per-run costs are extrapolated from\n"
+              "  the small models (SIZE_FACTOR, step_s in rlformal_utils/runner.py), not measured.")
 
 
 def run_grid(executor, todo: list[Run], results: Path, threads: int | None, profile: str,
@@ -284,7 +328,7 @@ def main(argv=None) -> int:
                     help="only the runs whose name (or experiment/name) matches one of these shell patterns, "
                          "e.g. 'group_*_s0'")
     ap.add_argument("--redo", action="store_true", help="rerun runs whose complete results already exist")
-    ap.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan and its cost estimate and exit")
     ap.add_argument("--no-figures", action="store_true", help="skip the figure notebooks")
     ap.add_argument("--dask-scheduler", metavar="ADDRESS",
                     help="send the runs to a Dask distributed cluster: the tcp://host:port of a running scheduler "
@@ -310,12 +354,7 @@ def main(argv=None) -> int:
     threads = None if remote else max(1, (os.cpu_count() or 1) // args.jobs)  # remote: each worker decides
     where = ("local processes" if args.dask_scheduler is None else
              "a Dask LocalCluster" if not remote else f"the Dask scheduler at {args.dask_scheduler}")
-    parallel = f"{args.jobs} job(s) x {threads} thread(s)" if not remote else "as many jobs as its workers have threads"
-    print(f"profile {args.profile}: {len(runs)} runs in {', '.join(experiments)}; {len(runs) - len(todo)} complete "
-          f"(skipped), {len(todo)} to run on {where} with {parallel}")
-    estimate = sum(r.estimate_s for r in todo) / args.jobs
-    when = f"{estimate / 60:.0f} min" if estimate < 7200 else f"{estimate / 3600:.0f} h"
-    print(f"estimated time on this CPU: {when} (+ base-model pretraining on first use; a GPU is much faster)")
+    print_plan(args.profile, runs, todo, 0 if remote else args.jobs, threads, where)
     for r in todo:
         print(f"  {r.experiment}/{r.name}")
     if args.dry_run:

@@ -1,4 +1,4 @@
-"""The runner's executors (local processes, a Dask LocalCluster) and their faults.
+"""The runner's executors (local processes, a Dask LocalCluster), its faults and its --dry-run plan.
 
 The runs are real smoke-profile arithmetic runs through ./run_all.sh's entry point, in subprocesses
 (a LocalCluster starts worker processes, and Ctrl-C goes to a whole process group)."""
@@ -194,3 +194,41 @@ def test_ctrl_c_stops_the_runs_and_leaves_no_process_behind(tmp_path, executor):
     wait_for(lambda: not alive(below), 10, "every process below the runner to end")
     assert not complete(results, GROUP) and not complete(results, PPO)
     assert not (results / "timings.csv").exists()
+
+
+# ----------------------------------------------------------------------------- the plan
+@pytest.mark.parametrize("profile", runner.PROFILES)
+def test_dry_run_prints_runs_and_cost_per_experiment(tmp_path, capsys, profile):
+    assert runner.main(["--profile", profile, "--dry-run", "--results-dir", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    total = 0.0
+    for e in runner.DEFAULT_EXPERIMENTS:
+        runs = runner.runs_for(e, profile)
+        if not runs:
+            assert not re.search(rf"^  {e} ", out, re.M)
+            continue
+        cpu = sum(r.estimate_s for r in runs)
+        total += cpu
+        row = rf"^  {e} +{len(runs)} +{len(runs)} +{re.escape(runner._hours(cpu))} +{re.escape(runner._hours(cpu))}"
+        if profile == "paper":
+            fast, slow = runner.GPU_SPEEDUP[e]
+            row += rf" +{re.escape(runner._hours(cpu / slow))}-{re.escape(runner._hours(cpu / fast))}$"
+        assert re.search(row, out, re.M), (e, out)
+    assert re.search(rf"^  total .*{re.escape(runner._hours(total))}", out, re.M)
+    assert ("ASSUMED, not measured" in out) == (profile == "paper")
+    assert not (tmp_path / "r").exists()
+
+
+def test_dry_run_counts_only_the_runs_left_to_do(tmp_path, capsys):
+    results = tmp_path / "r"
+    done = runner.runs_for("arithmetic", "smoke")[0]
+    d = done.out_dir(results)
+    d.mkdir(parents=True)
+    for f in ("config.json", "metrics.csv", "summary.json", "arithmetic.ipynb"):
+        (d / f).write_text("{}")
+    runner.main(["--profile", "smoke", "--only", "arithmetic", "--dry-run", "--results-dir", str(results)])
+    out = capsys.readouterr().out
+    n = len(runner.runs_for("arithmetic", "smoke"))
+    assert f"{n} runs in arithmetic; 1 complete (skipped), {n - 1} to run" in out
+    assert re.search(rf"^  arithmetic +{n} +{n - 1} ", out, re.M)
+    assert f"  arithmetic/{done.name}\n" not in out
