@@ -1,27 +1,29 @@
 """Execute the experiment notebooks with papermill for a profile, then draw the figures.
 
     python -m rlformal_utils.runner --profile quick --jobs 2      # what ./run_all.sh calls
-    python -m rlformal_utils.runner --profile quick --dry-run     # list the runs and the estimate
+    python -m rlformal_utils.runner --profile paper --dry-run     # the runs and their cost per experiment
+    python -m rlformal_utils.runner --dask-scheduler local        # the runs on a Dask LocalCluster
 
-Each run is one papermill execution of a notebook into ``results/<experiment>/<run>/``. A run whose
-``config.json``, ``metrics.csv``, ``summary.json`` and executed notebook all exist is skipped
-(``--redo`` reruns it). A failed run keeps ``notebook.partial.ipynb`` and ``papermill.log`` for
-inspection and never looks complete.
+Each run is one papermill execution of a notebook into ``results/<experiment>/<run>/``, on local
+processes or a Dask cluster (``rlformal_utils/executors.py``). A run whose ``config.json``,
+``metrics.csv``, ``summary.json`` and executed notebook all exist is skipped (``--redo`` reruns it).
+A failed run keeps ``notebook.partial.ipynb`` and ``papermill.log`` for inspection and never looks
+complete. The figure notebooks run on this machine after the grid.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
+import signal
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 
-import yaml
 from tqdm.auto import tqdm
 
+from .executors import DaskCluster, Job, LocalProcesses, SchedulerUnreachable, execute, forwarded_env
 from .runs import REPO_ROOT, is_complete
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
@@ -194,44 +196,11 @@ def runs_for(experiment: str, profile: str) -> list[Run]:
 
 
 # ----------------------------------------------------------------------------- execution
-def execute(notebook: Path, out_dir: Path, params: dict, threads: int, final_name: str) -> tuple[bool, float, str]:
-    """papermill ``notebook`` into ``out_dir``; rename the executed copy only on success."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    partial = out_dir / "notebook.partial.ipynb"
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"), PYTHONWARNINGS="ignore",
-               RLFORMAL_PROGRESS="lines")  # a few summary lines, not bar refreshes, in executed notebooks
-    cmd = [sys.executable, "-m", "papermill", str(notebook), str(partial), "--cwd", str(notebook.parent),
-           "--no-progress-bar", "--log-level", "WARNING", "--start-timeout", "600", "-y", yaml_params(params)]
-    t = time.time()
-    with open(out_dir / "papermill.log", "w") as logf:
-        rc = subprocess.call(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
-    seconds = time.time() - t
-    if rc == 0:
-        clean_executed(partial)
-        os.replace(partial, out_dir / final_name)
-        (out_dir / "papermill.log").unlink(missing_ok=True)
-        return True, seconds, ""
-    tail = (out_dir / "papermill.log").read_text().strip().splitlines()[-3:]
-    return False, seconds, " | ".join(tail)
-
-
-VOLATILE = ("start_time", "end_time", "duration", "input_path", "output_path", "environment_variables")
-
-
-def clean_executed(path: Path) -> None:
-    """Drop what changes on every execution (timestamps, durations, absolute paths) from an executed
-    notebook, so that a rerun with the same results leaves ``git status`` clean."""
-    import nbformat
-    nb = nbformat.read(path, as_version=4)
-    for meta in [nb.metadata] + [c.metadata for c in nb.cells]:
-        for key in VOLATILE:
-            meta.get("papermill", {}).pop(key, None)
-        meta.pop("execution", None)
-    for cell in nb.cells:  # papermill gives the cell it injects a new random id every time
-        if "injected-parameters" in cell.metadata.get("tags", []):
-            cell["id"] = "injected-parameters"
-    nbformat.write(nb, path)
+# ----------------------------------------------------------------------------- execution
+# Assumed, not measured (no GPU here): how many times faster one GPU runs a paper-profile run than
+# one reference CPU thread, as a range (it depends on the GPU and the batch). The games reward
+# (ludax playouts, JAX on CPU) gets no speed-up, and it was 88 % of a quick-profile PPO step.
+GPU_SPEEDUP = {"arithmetic": (10, 50), "sentiment": (10, 50), "games": (1, 2)}
 
 
 def _rel(path: Path) -> str:
@@ -240,10 +209,11 @@ def _rel(path: Path) -> str:
     return os.path.relpath(path, NOTEBOOKS)
 
 
-def yaml_params(params: dict) -> str:
-    """Parameters as YAML for papermill's ``-y``. PyYAML writes 1e-05 as 1.0e-05, which YAML reads
-    back as a float (a JSON dump would give ``1e-05``, which YAML reads as a string)."""
-    return yaml.safe_dump(params, default_flow_style=True, width=10_000).strip()
+def run_job(run: Run, results: Path, threads: int | None) -> Job:
+    """The papermill execution of one run into its folder under ``results``."""
+    out = run.out_dir(results)
+    return Job(f"{run.experiment}/{run.name}", str(NOTEBOOKS / f"{run.experiment}.ipynb"), str(out),
+               dict(run.params, output_dir=_rel(out)), f"{run.experiment}.ipynb", threads, env=forwarded_env())
 
 
 def _append_log(path: Path, run: Run, ok: bool, seconds: float, jobs: int) -> None:
@@ -271,16 +241,99 @@ def run_complete(run: Run, results: Path) -> bool:
     return is_complete(d) and (d / f"{run.experiment}.ipynb").exists()
 
 
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f}" if seconds < 360_000 else f"{seconds / 3600:,.0f}"
+
+
+def print_plan(profile: str, runs: list[Run], todo: list[Run], slots: int, threads: int | None, where: str) -> None:
+    """Runs per experiment and what they cost: CPU-hours from the measured constants above, the wall
+    time on this machine, and for the paper profile GPU-hours on one GPU (an assumption, see GPU_SPEEDUP)."""
+    experiments = list(dict.fromkeys(r.experiment for r in runs))
+    parallel = f"{slots} job(s) x {threads} thread(s)" if slots else "as many jobs as its workers have threads"
+    print(f"profile {profile}: {len(runs)} runs in {', '.join(experiments)}; {len(runs) - len(todo)} complete "
+          f"(skipped), {len(todo)} to run on {where} with {parallel}")
+    gpu = profile == "paper"
+    print(f"  {'experiment':<12}{'runs':>6}{'to run':>8}{'CPU-h to run':>14}{'CPU-h all':>11}"
+          + (f"{'GPU-h to run':>14}" if gpu else ""))
+    rows = [(e, [r for r in runs if r.experiment == e], [r for r in todo if r.experiment == e]) for e in experiments]
+    rows.append(("total", runs, todo))
+    for e, mine, left in rows:
+        cpu_s = sum(r.estimate_s for r in left)
+        line = f"  {e:<12}{len(mine):>6}{len(left):>8}{_hours(cpu_s):>14}{_hours(sum(r.estimate_s for r in mine)):>11}"
+        if gpu:  # fastest and slowest assumed speed-up, per experiment
+            fast = sum(r.estimate_s / GPU_SPEEDUP[r.experiment][1] for r in left)
+            slow = sum(r.estimate_s / GPU_SPEEDUP[r.experiment][0] for r in left)
+            line += f"{_hours(fast) + '-' + _hours(slow):>14}"
+        print(line)
+    print("CPU-h: one reference CPU thread per run, from the per-answer and per-step costs in "
+          "rlformal_utils/runner.py; base-model pretraining on first use comes on top.")
+    if slots:
+        wall = sum(r.estimate_s for r in todo) / slots
+        print(f"estimated wall time here with {slots} job(s): "
+              + (f"{wall / 60:.0f} min" if wall < 7200 else f"{wall / 3600:.0f} h"))
+    if gpu:
+        print("GPU-h: one GPU running the runs one after another. ASSUMED, not measured, speed-up of one GPU\n"
+              "  over one CPU thread: " + ", ".join(f"{e} {a}-{b}x" for e, (a, b) in GPU_SPEEDUP.items()
+                                                   if e in experiments) + " (the games reward runs on CPU).\n"
+              "  No paper-profile run has been made on a GPU, and its per-run costs are extrapolated from\n"
+              "  the small models (SIZE_FACTOR, step_s in rlformal_utils/runner.py), not measured.")
+
+
+def run_grid(executor, todo: list[Run], results: Path, threads: int | None, profile: str,
+             experiments: list[str]) -> list[Run] | None:
+    """Send the runs to ``executor``, report each as it finishes, log it, and append the timings row.
+    Returns the failed runs, or None after Ctrl-C (the executor has stopped what was running)."""
+    from .runs import CACHE_DIR
+    cache_empty = not any(CACHE_DIR.glob("*/*")) if CACHE_DIR.exists() else True
+    t0, load_start = time.time(), os.getloadavg()[0]
+    by_name = {f"{r.experiment}/{r.name}": r for r in todo}
+    failed, outcomes = [], []
+    try:
+        with executor, tqdm(total=len(todo), desc=f"{profile} runs", unit="run") as bar:
+            for job, out in executor.run(run_job(r, results, threads) for r in todo):
+                outcomes.append(out)
+                bar.update(1)
+                _append_log(results / "runner_log.csv", by_name[job.name], out.ok, out.seconds,
+                            executor.describe()["jobs"])
+                where = f" on {out.where}" if isinstance(executor, DaskCluster) and out.where else ""
+                tqdm.write(f"{'done' if out.ok else 'FAILED'} {job.name} in {out.seconds:.0f} s{where} {out.error}")
+                if not out.ok:
+                    failed.append(by_name[job.name])
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {len(outcomes)} of {len(todo)} runs finished; the others were stopped and stay "
+              "incomplete (the next ./run_all.sh reruns them)", file=sys.stderr)
+        return None
+    print(f"runs finished in {(time.time() - t0) / 60:.1f} min, {len(failed)} failed")
+    used = sorted({o.threads for o in outcomes if o.threads})
+    info = executor.describe()
+    _append_timing(results / "timings.csv", dict(
+        profile=profile, experiments=" ".join(experiments), runs=len(todo), jobs=info["jobs"],
+        threads_per_job=threads or "-".join(str(t) for t in dict.fromkeys(used[:1] + used[-1:])),
+        cpu_count=info["cpu_count"], load_average_start=round(load_start, 2),
+        wall_seconds=round(time.time() - t0, 1), cache_empty=cache_empty, failed=len(failed),
+        executor=info["executor"]))
+    return failed
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="quick", choices=PROFILES,
                     help="quick: laptop CPU (default); paper: the paper's settings (GPU or long run); "
                          "long: longer arithmetic runs (diagnostic); smoke: seconds, for tests")
-    ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1)), help="runs in parallel (default: one per core)")
+    ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1)),
+                    help="runs in parallel on this machine, as processes or LocalCluster workers "
+                         "(default: one per core); a remote Dask cluster runs as many as its workers have threads")
     ap.add_argument("--only", nargs="*", choices=sorted(EXPERIMENTS), help=f"experiments to run (default: {' '.join(DEFAULT_EXPERIMENTS)})")
+    ap.add_argument("--runs", nargs="+", metavar="PATTERN",
+                    help="only the runs whose name (or experiment/name) matches one of these shell patterns, "
+                         "e.g. 'group_*_s0'")
     ap.add_argument("--redo", action="store_true", help="rerun runs whose complete results already exist")
-    ap.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan and its cost estimate and exit")
     ap.add_argument("--no-figures", action="store_true", help="skip the figure notebooks")
+    ap.add_argument("--dask-scheduler", metavar="ADDRESS",
+                    help="send the runs to a Dask distributed cluster: the tcp://host:port of a running scheduler "
+                         "whose workers share this filesystem, or 'local' to start a LocalCluster of --jobs "
+                         "workers here (default: local processes)")
     ap.add_argument("--results-dir", type=Path, help="default: results/ (quick) or results/<profile>/")
     ap.add_argument("--figures-dir", type=Path, help="default: figures/ (quick) or figures/<profile>/")
     args = ap.parse_args(argv)
@@ -292,55 +345,54 @@ def main(argv=None) -> int:
     figures = (args.figures_dir or REPO_ROOT / "figures" / sub).resolve()
     experiments = args.only or DEFAULT_EXPERIMENTS
     runs = [r for e in experiments for r in runs_for(e, args.profile)]
+    if args.runs:
+        runs = [r for r in runs if any(fnmatch(r.name, p) or fnmatch(f"{r.experiment}/{r.name}", p)
+                                       for p in args.runs)]
     experiments = [e for e in experiments if any(r.experiment == e for r in runs)]
     todo = [r for r in runs if args.redo or not run_complete(r, results)]
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    estimate = sum(r.estimate_s for r in todo) / args.jobs
-    print(f"profile {args.profile}: {len(runs)} runs in {', '.join(experiments)}; "
-          f"{len(runs) - len(todo)} complete (skipped), {len(todo)} to run with {args.jobs} job(s) x {threads} thread(s)")
-    when = f"{estimate / 60:.0f} min" if estimate < 7200 else f"{estimate / 3600:.0f} h"
-    print(f"estimated time on this CPU: {when} (+ base-model pretraining on first use; a GPU is much faster)")
+    remote = args.dask_scheduler not in (None, "local")
+    threads = None if remote else max(1, (os.cpu_count() or 1) // args.jobs)  # remote: each worker decides
+    where = ("local processes" if args.dask_scheduler is None else
+             "a Dask LocalCluster" if not remote else f"the Dask scheduler at {args.dask_scheduler}")
+    print_plan(args.profile, runs, todo, 0 if remote else args.jobs, threads, where)
     for r in todo:
         print(f"  {r.experiment}/{r.name}")
     if args.dry_run:
         return 0
 
-    failed = []
-    t0 = time.time()
-    load_start = os.getloadavg()[0]
-    from .runs import CACHE_DIR
-    cache_empty = not any(CACHE_DIR.glob("*/*")) if CACHE_DIR.exists() else True
-    with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {pool.submit(execute, NOTEBOOKS / f"{r.experiment}.ipynb", r.out_dir(results),
-                               dict(r.params, output_dir=_rel(r.out_dir(results)), torch_threads=threads),
-                               threads, f"{r.experiment}.ipynb"): r for r in todo}
-        with tqdm(total=len(todo), desc=f"{args.profile} runs", unit="run") as bar:
-            for fut in as_completed(futures):
-                r = futures[fut]
-                ok, seconds, err = fut.result()
-                bar.update(1)
-                _append_log(results / "runner_log.csv", r, ok, seconds, args.jobs)
-                tqdm.write(f"{'done' if ok else 'FAILED'} {r.experiment}/{r.name} in {seconds:.0f} s {err}")
-                if not ok:
-                    failed.append(r)
-    print(f"runs finished in {(time.time() - t0) / 60:.1f} min, {len(failed)} failed")
+    signal.signal(signal.SIGTERM, _interrupt)  # kill -TERM stops as cleanly as Ctrl-C
+    t0, failed = time.time(), []
     if todo:
-        _append_timing(results / "timings.csv", dict(
-            profile=args.profile, experiments=" ".join(experiments), runs=len(todo), jobs=args.jobs,
-            threads_per_job=threads, cpu_count=os.cpu_count(), load_average_start=round(load_start, 2),
-            wall_seconds=round(time.time() - t0, 1), cache_empty=cache_empty, failed=len(failed)))
+        executor = (LocalProcesses(args.jobs) if args.dask_scheduler is None
+                    else DaskCluster(args.dask_scheduler, args.jobs))
+        try:
+            failed = run_grid(executor, todo, results, threads, args.profile, experiments)
+        except SchedulerUnreachable as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if failed is None:
+            return 130
 
-    if not args.no_figures:
+    if not args.no_figures:  # on this machine, after the grid, whatever ran the grid
         for e in experiments:
             nb = NOTEBOOKS / FIGURE_NOTEBOOKS[e]
-            ok, seconds, err = execute(nb, results, dict(results_dir=_rel(results / e), figures_dir=_rel(figures),
-                                                          profile=args.profile), os.cpu_count() or 1,
-                                       FIGURE_NOTEBOOKS[e])
-            print(f"{'figures' if ok else 'FIGURES FAILED'}: {e} in {seconds:.0f} s {err}")
-            if not ok:
+            job = Job(f"{e} figures", str(nb), str(results), dict(results_dir=_rel(results / e),
+                      figures_dir=_rel(figures), profile=args.profile), FIGURE_NOTEBOOKS[e],
+                      os.cpu_count() or 1, thread_param=None)
+            try:
+                out = execute(job)
+            except KeyboardInterrupt:
+                print("\ninterrupted while drawing the figures", file=sys.stderr)
+                return 130
+            print(f"{'figures' if out.ok else 'FIGURES FAILED'}: {e} in {out.seconds:.0f} s {out.error}")
+            if not out.ok:
                 failed.append(e)
     print(f"total {(time.time() - t0) / 60:.1f} min; figures in {figures}, tables in {results}")
     return 1 if failed else 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ def test_cache_builds_once_and_never_keeps_a_failed_build(tmp_path):
 
 def test_runner_passes_small_floats_to_papermill_as_floats():
     import yaml
-    from rlformal_utils.runner import yaml_params
+    from rlformal_utils.executors import yaml_params
     params = {"ppo_lr": 1e-05, "paper_lr": 1.41e-05, "steps": 3, "games": ["hex"], "on": True, "none": None}
     assert yaml.safe_load(yaml_params(params)) == params
     assert isinstance(yaml.safe_load(yaml_params({"x": 1e-05}))["x"], float)

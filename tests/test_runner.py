@@ -1,0 +1,234 @@
+"""The runner's executors (local processes, a Dask LocalCluster), its faults and its --dry-run plan.
+
+The runs are real smoke-profile arithmetic runs through ./run_all.sh's entry point, in subprocesses
+(a LocalCluster starts worker processes, and Ctrl-C goes to a whole process group)."""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+
+from rlformal_utils import runner
+from rlformal_utils.executors import DaskCluster, Job, LocalProcesses
+
+TIMING = {"wall_seconds", "cpu_seconds", "train_seconds", "train_cpu_seconds"}  # differ between any two runs
+GROUP, PPO = "group_batch_kl-policy_pre32_s0", "ppo_none_kl-frozen_pre32_s0"
+TIMINGS_COLUMNS = ["profile", "experiments", "runs", "jobs", "threads_per_job", "cpu_count", "load_average_start",
+                   "wall_seconds", "cache_empty", "failed", "executor"]
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("RLFORMAL_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def runner_cmd(results, *args, runs=(GROUP, PPO)):
+    return [sys.executable, "-m", "rlformal_utils.runner", "--profile", "smoke", "--only", "arithmetic", "--jobs", "2",
+            "--results-dir", str(results), "--no-figures", "--runs", *runs, *args]
+
+
+def run(cmd, timeout=600):
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ, timeout=timeout)
+    return proc, proc.stdout + proc.stderr
+
+
+def complete(results, name):
+    return runner.run_complete(runner.Run("arithmetic", name), results)
+
+
+def descendants(pid):
+    try:
+        return [p for p in psutil.Process(pid).children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def alive(procs):
+    return [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def running_run(pid, name, exclude=()):
+    """The papermill wrapper of run ``name`` under process ``pid`` once its kernel has started, or None."""
+    for p in descendants(pid):
+        try:
+            if p.pid not in exclude and "--child-of" in p.cmdline() and any(name in a for a in p.cmdline()) \
+                    and p.children():
+                return p
+        except psutil.Error:
+            pass
+    return None
+
+
+def wait_for(condition, timeout, what):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+# ----------------------------------------------------------------------------- same runs, either executor
+def test_dask_local_cluster_writes_the_same_runs_as_local_processes(tmp_path):
+    local, dask = tmp_path / "local", tmp_path / "dask"
+    first, out = run(runner_cmd(local))
+    assert first.returncode == 0, out[-3000:]
+    second, out = run(runner_cmd(dask, "--dask-scheduler", "local"))
+    assert second.returncode == 0, out[-3000:]
+    assert "to run on a Dask LocalCluster with 2 job(s) x 1 thread(s)" in out
+
+    for name in (GROUP, PPO):
+        a, b = local / "arithmetic" / name, dask / "arithmetic" / name
+        assert complete(local, name) and complete(dask, name), name
+        assert (a / "config.json").read_bytes() == (b / "config.json").read_bytes(), name
+        config = json.loads((a / "config.json").read_text())
+        assert config["seed"] == 0
+        ma, mb = pd.read_csv(a / "metrics.csv"), pd.read_csv(b / "metrics.csv")
+        assert sorted(ma.columns) == sorted(mb.columns) and len(ma.columns) > 30
+        assert len(ma) == len(mb) == config["steps"] + 1  # step 0, then one row per step
+        same = sorted(set(ma.columns) - TIMING)
+        pd.testing.assert_frame_equal(ma[same], mb[same], check_exact=True)
+        assert not (b / "papermill.log").exists() and not (b / "notebook.partial.ipynb").exists()
+
+    for results, executor in ((local, "local"), (dask, "dask-local")):
+        timings = pd.read_csv(results / "timings.csv")
+        assert list(timings.columns) == TIMINGS_COLUMNS
+        row = timings.iloc[0]
+        assert (row["runs"], row["jobs"], row["threads_per_job"], row["failed"], row["executor"]) == \
+            (2, 2, max(1, (os.cpu_count() or 1) // 2), 0, executor)
+        assert row["cpu_count"] == os.cpu_count() and row["wall_seconds"] > 0
+        log = pd.read_csv(results / "runner_log.csv")
+        assert sorted(log["run"]) == sorted([GROUP, PPO]) and log["ok"].all()
+
+    # complete runs are skipped on the cluster as well; --redo reruns only what it is asked to
+    again, out = run(runner_cmd(dask, "--dask-scheduler", "local"))
+    assert again.returncode == 0 and "2 complete (skipped), 0 to run" in out
+    assert len(pd.read_csv(dask / "timings.csv")) == 1  # nothing trained, no row
+
+
+def test_an_unreachable_scheduler_fails_fast_with_a_message_and_writes_nothing(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    t = time.time()
+    proc, out = run(runner_cmd(tmp_path / "results", "--dask-scheduler", address), timeout=120)
+    assert time.time() - t < 20
+    assert proc.returncode == 2
+    assert re.search(rf"error: cannot reach the Dask scheduler at {re.escape(address)} within 10 s", proc.stderr)
+    assert not (tmp_path / "results").exists()
+
+
+# ----------------------------------------------------------------------------- faults
+@pytest.mark.parametrize("make", [lambda: LocalProcesses(2), lambda: DaskCluster("local", 2)], ids=["local", "dask-local"])
+def test_a_run_whose_notebook_fails_is_reported_with_its_error_and_never_looks_complete(tmp_path, make):
+    nb = str(runner.NOTEBOOKS / "arithmetic.ipynb")
+    good = runner.runs_for("arithmetic", "smoke")[0]  # the base model's evaluation: seconds
+    jobs = [runner.run_job(good, tmp_path, 1),
+            Job("arithmetic/bad", nb, str(tmp_path / "arithmetic" / "bad"),
+                dict(good.params, algorithm="grpo", output_dir=str(tmp_path / "arithmetic" / "bad")),
+                "arithmetic.ipynb", 1)]
+    with make() as executor:
+        outcomes = {job.name: out for job, out in executor.run(jobs)}
+    assert outcomes[f"arithmetic/{good.name}"].ok and runner.run_complete(good, tmp_path)
+    bad = outcomes["arithmetic/bad"]
+    assert not bad.ok and "ParameterError: parameter algorithm='grpo' is not allowed" in bad.error
+    assert sorted(p.name for p in (tmp_path / "arithmetic" / "bad").iterdir()) == ["notebook.partial.ipynb",
+                                                                                   "papermill.log"]
+
+
+def test_a_worker_that_dies_mid_run_is_retried_once_then_the_run_fails_and_the_others_finish(tmp_path):
+    """Kill the Dask worker that executes the group run, then the one that executes its retry: the run
+    fails and stays incomplete, its papermill and kernel die with each worker, the other run finishes.
+    (Two runs on two workers: a run queued behind a killed one would count that death as well.)"""
+    results = tmp_path / "results"
+    proc = subprocess.Popen(runner_cmd(results, "--dask-scheduler", "local"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ)
+    killed, trees = [], []
+    try:
+        for attempt in range(2):  # the first attempt and its one retry
+            wrapper = wait_for(lambda: running_run(proc.pid, GROUP, exclude=killed), 120, f"attempt {attempt + 1}")
+            trees.append(wrapper.children(recursive=True) + [wrapper])
+            wrapper.parent().kill()  # the Dask worker process
+            killed.append(wrapper.pid)
+            wait_for(lambda: not alive(trees[-1]), 10, "papermill and its kernel to die with their worker")
+            assert not complete(results, GROUP)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        for p in alive([p for tree in trees for p in tree]) + ([proc] if proc.poll() is None else []):
+            p.kill()
+    assert proc.returncode == 1, out[-3000:]
+    assert re.search(rf"FAILED arithmetic/{GROUP} .*KilledWorker", out)
+    assert f"done arithmetic/{PPO}" in out and complete(results, PPO)
+    group = results / "arithmetic" / GROUP
+    assert not complete(results, GROUP) and not (group / "summary.json").exists()
+    assert not (group / "arithmetic.ipynb").exists()
+    assert pd.read_csv(results / "timings.csv")["failed"].tolist() == [1]
+
+
+@pytest.mark.parametrize("executor", [[], ["--dask-scheduler", "local"]], ids=["local", "dask-local"])
+def test_ctrl_c_stops_the_runs_and_leaves_no_process_behind(tmp_path, executor):
+    results = tmp_path / "results"
+    proc = subprocess.Popen(runner_cmd(results, *executor), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=os.environ, start_new_session=True)
+    try:
+        wait_for(lambda: running_run(proc.pid, GROUP) and running_run(proc.pid, PPO), 120, "both runs to start")
+        below = descendants(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, out[-3000:]
+    assert "interrupted: 0 of 2 runs finished" in out
+    wait_for(lambda: not alive(below), 10, "every process below the runner to end")
+    assert not complete(results, GROUP) and not complete(results, PPO)
+    assert not (results / "timings.csv").exists()
+
+
+# ----------------------------------------------------------------------------- the plan
+@pytest.mark.parametrize("profile", runner.PROFILES)
+def test_dry_run_prints_runs_and_cost_per_experiment(tmp_path, capsys, profile):
+    assert runner.main(["--profile", profile, "--dry-run", "--results-dir", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    total = 0.0
+    for e in runner.DEFAULT_EXPERIMENTS:
+        runs = runner.runs_for(e, profile)
+        if not runs:
+            assert not re.search(rf"^  {e} ", out, re.M)
+            continue
+        cpu = sum(r.estimate_s for r in runs)
+        total += cpu
+        row = rf"^  {e} +{len(runs)} +{len(runs)} +{re.escape(runner._hours(cpu))} +{re.escape(runner._hours(cpu))}"
+        if profile == "paper":
+            fast, slow = runner.GPU_SPEEDUP[e]
+            row += rf" +{re.escape(runner._hours(cpu / slow))}-{re.escape(runner._hours(cpu / fast))}$"
+        assert re.search(row, out, re.M), (e, out)
+    assert re.search(rf"^  total .*{re.escape(runner._hours(total))}", out, re.M)
+    assert ("ASSUMED, not measured" in out) == (profile == "paper")
+    assert not (tmp_path / "r").exists()
+
+
+def test_dry_run_counts_only_the_runs_left_to_do(tmp_path, capsys):
+    results = tmp_path / "r"
+    done = runner.runs_for("arithmetic", "smoke")[0]
+    d = done.out_dir(results)
+    d.mkdir(parents=True)
+    for f in ("config.json", "metrics.csv", "summary.json", "arithmetic.ipynb"):
+        (d / f).write_text("{}")
+    runner.main(["--profile", "smoke", "--only", "arithmetic", "--dry-run", "--results-dir", str(results)])
+    out = capsys.readouterr().out
+    n = len(runner.runs_for("arithmetic", "smoke"))
+    assert f"{n} runs in arithmetic; 1 complete (skipped), {n - 1} to run" in out
+    assert re.search(rf"^  arithmetic +{n} +{n - 1} ", out, re.M)
+    assert f"  arithmetic/{done.name}\n" not in out
