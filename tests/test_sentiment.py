@@ -7,6 +7,7 @@ import re
 import time
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import papermill as pm
@@ -14,11 +15,13 @@ import pytest
 import torch
 
 from rlformal_utils import sentiment as S
+from rlformal_utils.sentiment import plots
 from rlformal_utils.sentiment import reward as reward_module
 from rlformal_utils.pretrain import build_gpt2
 from rlformal_utils.runner import sentiment_runs
 from rlformal_utils.runs import ParameterError
 
+matplotlib.use("Agg")
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
 SMOKE = sentiment_runs("smoke")[0].params
@@ -421,3 +424,65 @@ def test_quick_profile_runs_the_lora_policy_with_three_seeds_and_a_kl_sweep():
     assert all(r.params["policy"] == "smollm2-135m" and r.params["lora_rank"] == 16 for r in quick)
     assert len({r.params["seed"] for r in main}) >= 3 and len({r.params["kl_coef"] for r in quick}) >= 3
     assert len({r.name for r in quick}) == len(quick)
+
+
+def test_short_labels_keep_what_differs():
+    short, common = plots.short_labels(["p, reward r, KL 0", "p, reward r, KL 0.2 adaptive", "p, reward v, KL 0"])
+    assert short == {"p, reward r, KL 0": "reward r, KL 0", "p, reward r, KL 0.2 adaptive": "reward r, KL 0.2 adaptive",
+                     "p, reward v, KL 0": "reward v, KL 0"} and common == "p"
+    assert plots.short_labels(["p, KL 0"]) == ({"p, KL 0": "p, KL 0"}, "")
+
+
+def _runs_and_table():
+    """Two rewards of different scales, two KL coefficients, two seeds each."""
+    rows = []
+    for reward, judge, scale in [("minilm-logreg", "vader", 3.0), ("vader", "minilm-logreg", 0.3)]:
+        for kl in (0.0, 0.2):
+            for seed in (0, 1):
+                after = scale * (2 - 4 * kl) + 0.1 * seed
+                rows.append(dict(run=f"{reward}_{kl}_{seed}", setting=f"p, reward {reward}, KL {kl:g}", seed=seed,
+                                 reward_name=reward, judge_name=judge, policy="p", lora_rank=16,
+                                 prompt_format="plain", kl_coef=kl, adaptive_kl=False, steps=4, batch_size=4,
+                                 ppo_epochs=1, ppo_lr=1e-3, train_seconds=1.0, seconds_per_step=0.25,
+                                 notebook_seconds=60.0 + seed, final_kl=1.0, real_review_similarity=0.44,
+                                 classifier_heldout_accuracy=0.7, before_n=8, before_reward_mean=0.1 * scale,
+                                 after_reward_mean=after, before_judge_positive_share=0.4,
+                                 after_judge_positive_share=0.5 + 0.4 * (kl == 0) + 0.05 * seed,
+                                 before_perplexity=40.0, after_perplexity=40.0 * (1.2 + 4 * (kl == 0)),
+                                 before_review_similarity=0.4, after_review_similarity=0.41,
+                                 before_distinct_2=0.9, after_distinct_2=0.8, before_repetition=0.0,
+                                 after_repetition=0.1, before_reward_median=0.0, after_reward_median=after,
+                                 before_reward_positive_share=0.5, after_reward_positive_share=0.9))
+    runs = pd.DataFrame(rows)
+    return runs, plots.runs_table(runs)
+
+
+def test_rewards_of_different_scales_never_share_an_axis():
+    runs, table = _runs_and_table()
+    fig = plots.fig_judge_perplexity(runs)
+    reward_axes = [a for a in fig.axes if a.get_title().startswith("held-out mean reward")]
+    assert len(reward_axes) == 2  # one panel per reward
+    for a, reward in zip(reward_axes, ["minilm-logreg", "vader"]):
+        heights = sorted(round(p.get_height(), 6) for p in a.patches)
+        expected = runs[runs["reward_name"] == reward].groupby("setting")[["before_reward_mean", "after_reward_mean"]]
+        assert reward in a.get_title() and heights == sorted(round(v, 6) for v in expected.mean().to_numpy().ravel())
+    sweep = plots.fig_kl_sweep(table, dict(zip(runs["reward_name"], runs["judge_name"])))
+    gains = [a for a in sweep.axes if a.get_ylabel().startswith("held-out reward gain")]
+    assert [a.get_ylabel().split("(")[1] for a in gains] == ["minilm-logreg)", "vader)"]
+    tradeoff = plots.fig_tradeoff(table)
+    assert sorted(a.get_xlabel() for a in tradeoff.axes) == ["held-out reward gain (minilm-logreg)"] * 2 + \
+        ["held-out reward gain (vader)"] * 2
+
+
+def test_summary_and_findings_use_the_sample_sd_over_seeds():
+    runs, table = _runs_and_table()
+    summary = plots.summary_table(runs).set_index("setting")
+    # seeds 0 and 1 after KL 0, classifier reward: 6.0 and 6.1 -> mean 6.05, sample sd 0.0707 (population: 0.05)
+    assert summary.loc["p, reward minilm-logreg, KL 0", "mean reward after"] == "6.05 ± 0.07"
+    assert summary.loc["p, reward minilm-logreg, KL 0", "minutes / run"] == "1.0 ± 0.0"
+    text = plots.findings(table)
+    line = next(l for l in text.splitlines() if "reward minilm-logreg, KL 0 " in l)
+    assert "reward gain +5.75 ± 0.07 (target >= 2: 2/2 seeds)" in line
+    assert "judge positive share 0.93 ± 0.04 (target >= 0.8: 2/2 seeds)" in line
+    assert "perplexity ratio 5.20 (target <= 1.5: 0/2 seeds)" not in line and "perplexity ratio 5.20 ± 0.00" in line
+    assert "target" not in next(l for l in text.splitlines() if "reward vader, KL 0.2" in l)  # no targets for VADER
