@@ -26,9 +26,11 @@ class Param:
         if self.choices is not None:
             return f"one of {list(self.choices)}"
         kind = (self.kind or type(self.default)).__name__
+        if kind not in ("int", "float"):
+            return f"a {kind}"
         lo = "-inf" if self.low is None else self.low
         hi = "inf" if self.high is None else self.high
-        return f"{'an integer' if kind == 'int' else 'a number' if kind == 'float' else 'a ' + kind} in [{lo}, {hi}]"
+        return f"{'an integer' if kind == 'int' else 'a number'} in [{lo}, {hi}]"
 
     def check(self, value) -> None:
         ok = True

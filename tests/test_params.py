@@ -30,3 +30,19 @@ def test_the_arithmetic_declaration_is_consistent():
     assert AP.entropy_coefs(config) == (0.0, 0.3) and AP.answers_per_step(config) == 32 * 8
     table = reference(AP.PARAMS)
     assert table.count("\n") == len(AP.PARAMS) + 1 and "`algorithm`" in table and "one of ['group'" in table
+
+
+def test_the_sentiment_declaration_is_consistent_and_prints_its_reference():
+    import subprocess
+    import sys
+    from rlformal_utils.sentiment import params as SP
+    names = [p.name for p in SP.PARAMS]
+    assert len(names) == len(set(names)) and names[0] == "output_dir"
+    config = SP.check(defaults(SP.PARAMS))  # the defaults themselves pass
+    assert set(config) == set(names) - {"output_dir", "torch_threads"}
+    assert SP.judge_name(config) == "vader" and SP.judge_name(dict(config, reward="vader")) == "minilm-logreg"
+    printed = subprocess.run([sys.executable, "-m", "rlformal_utils.params", "sentiment"], capture_output=True,
+                             text=True, check=True).stdout
+    assert printed.strip() == f"## sentiment\n\n{reference(SP.PARAMS)}"
+    assert "| `policy` | `'smollm2-135m'` | one of ['rt-gpt2', 'smollm2-135m'] or a hub causal LM id" in printed
+    assert "| `output_dir` | `'../scratch/sentiment'` | a str |" in printed

@@ -1,26 +1,27 @@
-"""Sentiment alignment: rewards that never fail, the cached classifier, offline hub ids, prompts and
-sampling, fluency measures against hand-worked values, eval mode under dropout, the LoRA policy and
-its adapter-disabled reference, and the real notebooks through papermill with a tiny budget."""
+"""Sentiment alignment: rewards that never fail, the cached classifier, offline hub ids, the declared
+parameters and their rules, prompts and sampling, fluency measures against hand-worked values, eval
+mode under dropout, the LoRA policy and its adapter-disabled reference, the run's report and the
+figures' rules (the notebooks themselves: test_sentiment_notebooks.py)."""
 import json
 import math
-import re
 import time
-from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
-import papermill as pm
 import pytest
 import torch
 
 from rlformal_utils import sentiment as S
-from rlformal_utils.sentiment import reward as reward_module
+from rlformal_utils.params import defaults
 from rlformal_utils.pretrain import build_gpt2
 from rlformal_utils.runner import sentiment_runs
 from rlformal_utils.runs import ParameterError
+from rlformal_utils.sentiment import params as P
+from rlformal_utils.sentiment import plots
+from rlformal_utils.sentiment import reward as reward_module
 
-REPO = Path(__file__).resolve().parent.parent
-NOTEBOOKS = REPO / "notebooks"
+matplotlib.use("Agg")
 SMOKE = sentiment_runs("smoke")[0].params
 ODD_STRINGS = ["", " ", "a", "x" * 20_000, "great " * 5_000, "très bien, 漢字 😀 ñ", "\x00\x01\x7f\ufffd",
                "!!!???...", "[PAD][EOS][BOS]", "\n\t\r", "<|endoftext|>", "0" * 300, None]
@@ -68,7 +69,13 @@ def test_classifier_reward_is_a_finite_float_for_any_string(classifier_dir):
 
 def test_classifier_is_trained_once_then_reused_from_the_cache(classifier_dir, cache, monkeypatch):
     metrics = json.loads((classifier_dir / "metrics.json").read_text())
-    assert metrics["n_train"] == SMOKE["classifier_max_train"] and 0.0 <= metrics["heldout_accuracy"] <= 1.0
+    assert metrics["n_train"] == SMOKE["classifier_max_train"]
+    # the stored held-out accuracy is that of the stored weights on the held-out sample it was measured on
+    labelled = S.load_reviews().query("label >= 0")
+    held = labelled[labelled["split"] == "heldout"].sample(n=metrics["n_heldout"], random_state=0)
+    reward = S.ClassifierReward(classifier_dir)
+    predicted = np.asarray(reward(held["text"])) > 0
+    assert metrics["heldout_accuracy"] == pytest.approx((predicted == (held["label"] == 1)).mean())
     stamp = (classifier_dir / "weights.json").stat().st_mtime_ns
 
     def no_training(*args, **kwargs):
@@ -302,26 +309,50 @@ def test_lora_policy_trains_adapters_only_and_its_reference_is_the_adapter_disab
     torch.testing.assert_close(reference, untouched, atol=1e-5, rtol=1e-5)  # base weights frozen
     # the evaluation's perplexity uses the same adapter-disabled base when reference is None
     df = S.evaluate(policy, None, tok, prompts, LengthReward(), LengthReward(), seed=0)
-    resp = [torch.tensor(tok.encode(r, add_special_tokens=False)) for r in df["response"]]
     assert trainer.model.training  # evaluation restored the mode
     df_ref = S.evaluate(policy, base, tok, prompts, LengthReward(), LengthReward(), seed=0)
     np.testing.assert_allclose(df["response_nll"], df_ref["response_nll"], rtol=1e-4, atol=1e-4)
-    assert len(resp) == 4
 
 
-@pytest.mark.parametrize("args, message", [
-    (("smollm2-135m", 3, "frozen", 0.1), r"lora_rank=3 is not allowed; choose one of \[0, 1, 2, 4, 8, 16, 32, 64, 128\]"),
-    (("smollm2-135m", 16, "frozen", -0.1), r"kl_coef=-0.1 must be a number in \[0, 10\]"),
-    (("smollm2-135m", 16, "frozen", 11), r"kl_coef=11 must be a number in \[0, 10\]"),
-    (("smollm2-135m", 16, "policy", 0.1), r"kl_mode='policy' is not allowed with lora_rank > 0"),
-    (("nonsense policy", 16, "frozen", 0.1), r"policy='nonsense policy' is not allowed; choose one of \['rt-gpt2', 'smollm2-135m'\]"),
-])
-def test_policy_parameters_are_checked(args, message):
-    with pytest.raises(ParameterError, match=message):
-        S.check_policy(*args)
-    S.check_policy("smollm2-135m", 16, "frozen", 0.1, "chat")  # the defaults pass
-    with pytest.raises(ParameterError, match=r"prompt_format='chat' is not allowed for policy='rt-gpt2'; choose one of \['plain', 'instruction'\]"):
-        S.check_policy("rt-gpt2", 0, "frozen", 0.1, "chat")
+def test_the_declaration_checks_each_value_and_the_rules_between_them():
+    good = defaults(P.PARAMS)
+    assert P.check(good)["lora_rank"] == 16 and "output_dir" not in P.check(good)
+    P.check(dict(good, prompt_format="chat"))  # SmolLM2 has a chat template
+    for bad, message in [
+        (dict(lora_rank=3), r"lora_rank=3 is not allowed: it must be one of \[0, 1, 2, 4, 8, 16, 32, 64, 128\]"),
+        (dict(lora_rank=True), r"lora_rank=True is not allowed"),  # True == 1, but not a rank
+        (dict(kl_coef=-0.1), r"kl_coef=-0.1 is not allowed: it must be a number in \[0.0, 10.0\]"),
+        (dict(kl_coef=11), r"kl_coef=11 is not allowed: it must be a number in \[0.0, 10.0\]"),
+        (dict(kl_mode="policy"), r"kl_mode='policy' is not allowed with lora_rank > 0"),
+        (dict(policy="nonsense policy"), r"policy='nonsense policy' is not allowed; choose one of "
+                                         r"\['rt-gpt2', 'smollm2-135m'\] or a hub causal LM id"),
+        (dict(policy="rt-gpt2", prompt_format="chat"),
+         r"prompt_format='chat' is not allowed for policy='rt-gpt2'; choose one of \['plain', 'instruction'\]"),
+        (dict(judge="minilm-logreg"), r"judge='minilm-logreg' must differ from reward='minilm-logreg'"),
+        (dict(ppo_batch_size=16, ppo_mini_batch_size=6), r"ppo_mini_batch_size=6 must divide ppo_batch_size=16"),
+        (dict(ppo_batch_size=4, ppo_mini_batch_size=8), r"ppo_mini_batch_size=8 must divide ppo_batch_size=4"),
+        (dict(prompt_min_tokens=5, prompt_max_tokens=3), r"prompt_max_tokens=3 is not allowed: it must be an "
+                                                         r"integer in \[5, 64\]"),
+        (dict(response_max_tokens=2), r"response_max_tokens=2 is not allowed: it must be an integer in \[4, 256\]"),
+        (dict(likeness_bank=4, likeness_k=5), r"likeness_k=5 is not allowed: it must be an integer in \[1, 4\]"),
+        (dict(heldout_fraction=0.95), r"heldout_fraction=0.95 is not allowed: it must be a number in \[0.01, 0.9\]"),
+        (dict(top_p=0.0), r"top_p=0.0 is not allowed"), (dict(n_heldout=0), r"n_heldout=0 is not allowed"),
+    ]:
+        with pytest.raises(ParameterError, match=message):
+            P.check(dict(good, **bad))
+    t = time.time()
+    with pytest.raises(S.OfflineError, match="offline defaults: 'rotten_tomatoes'"):
+        P.check(dict(good, data="imdb"))
+    assert time.time() - t < 10
+
+
+def test_every_profile_run_is_a_valid_set_of_declared_parameters():
+    """The runner's grid uses only declared names, and every run passes the notebook's check."""
+    declared = {p.name for p in P.PARAMS}
+    for profile in ("smoke", "quick", "paper"):
+        for run in sentiment_runs(profile):
+            assert set(run.params) <= declared, set(run.params) - declared
+            P.check(dict(defaults(P.PARAMS), **run.params))
 
 
 def test_prompt_formats_put_the_review_start_last_and_the_reward_reads_only_the_review(tiny_lm):
@@ -337,83 +368,7 @@ def test_prompt_formats_put_the_review_start_last_and_the_reward_reads_only_the_
         S.prompt_prefix(tok, "chat")
 
 
-# ----------------------------------------------------------------------------- notebooks
-def run_notebook(name, out, **params):
-    return pm.execute_notebook(str(NOTEBOOKS / name), str(out), parameters=params, cwd=str(NOTEBOOKS),
-                               progress_bar=False, start_timeout=300)
-
-
-def test_notebooks_tiny_budget_write_their_files_and_figures(tmp_path, classifier_dir):
-    results = tmp_path / "results" / "sentiment"
-    run = results / "s0"
-    run_notebook("sentiment.ipynb", tmp_path / "executed.ipynb", output_dir=str(run),
-                 **dict(SMOKE, eval_every=1, format_probe_prompts=4))
-    config = json.loads((run / "config.json").read_text())
-    assert config["ppo_steps"] == 2 and config["policy"] == "rt-gpt2" and config["top_k"] == 0
-    metrics = pd.read_csv(run / "metrics.csv")
-    assert list(metrics["step"]) == [0, 1, 2]
-    assert metrics["heldout_reward_mean"].notna().all() and metrics["reward"].iloc[1:].notna().all()
-    assert metrics["kl"].iloc[1:].notna().all() and np.isfinite(metrics["heldout_perplexity"]).all()
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["judge"] == "vader" and summary["before"]["n"] == SMOKE["n_heldout"]
-    assert summary["classifier"]["n_train"] == SMOKE["classifier_max_train"]
-    assert set(summary["format_probe"]) == {"plain", "instruction"}  # rt-gpt2's tokenizer has no chat template
-    samples = pd.read_csv(run / "eval_samples.csv")
-    assert len(samples) == SMOKE["n_heldout"] and {"reward_before", "reward_after", "response_after"} <= set(samples)
-    # the summary's numbers are those of the saved samples
-    assert summary["after"]["reward_mean"] == pytest.approx(samples["reward_after"].mean())
-    assert summary["after"]["distinct_2"] == pytest.approx(S.distinct_n(samples["response_after"].fillna(""), 2))
-    assert (run / "run.png").exists() and not (run / "metrics.partial.csv").exists()
-    outputs = json.dumps([c.get("outputs", []) for c in json.loads((tmp_path / "executed.ipynb").read_text())["cells"]])
-    assert not re.search(r"(?<!\.\.)" + re.escape(str(tmp_path)), outputs)  # only relative paths are shown
-    assert "IProgress not found" not in outputs
-
-    # a second KL coefficient, so that the sweep figure has something to draw
-    run_notebook("sentiment.ipynb", tmp_path / "executed2.ipynb", output_dir=str(results / "s0-kl0"),
-                 **dict(SMOKE, kl_coef=0.0, ppo_steps=1))
-    figures = tmp_path / "figures"
-    run_notebook("sentiment_figures.ipynb", tmp_path / "figures.ipynb", results_dir=str(results),
-                 figures_dir=str(figures), profile="smoke")
-    for name in ["reward", "kl", "distributions", "judge_perplexity", "kl_sweep", "tradeoff"]:
-        assert (figures / f"sentiment_{name}.png").exists() and (figures / f"sentiment_{name}.pdf").exists()
-    runs = pd.read_csv(tmp_path / "results" / "sentiment_runs.csv")
-    required = ["policy", "kl_coef", "seed", "steps", "reward_before", "reward_after", "judge_positive_before",
-                "judge_positive_after", "perplexity_before", "perplexity_after", "wall_seconds"]
-    assert set(required) <= set(runs) and len(runs) == 2
-    assert sorted(runs["kl_coef"]) == [0.0, 0.2] and sorted(runs["steps"]) == [1, 2]
-    row = runs[runs["kl_coef"] == 0.2].iloc[0]
-    assert row["reward_after"] == pytest.approx(summary["after"]["reward_mean"], rel=1e-5)
-    assert row["perplexity_ratio"] == pytest.approx(summary["after"]["perplexity"] / summary["before"]["perplexity"], rel=1e-4)
-    table = pd.read_csv(tmp_path / "results" / "sentiment_summary.csv")
-    assert len(table) == 2 and set(table["seeds"]) == {1}
-    assert "mean reward before" in (tmp_path / "results" / "sentiment_summary.md").read_text()
-    assert "response_after" in (tmp_path / "results" / "sentiment_examples.md").read_text()
-
-
-@pytest.mark.parametrize("params, message", [
-    (dict(kl_mode="none"), r"kl_mode='none' is not allowed; choose one of \['frozen', 'policy'\]"),
-    (dict(reward="two words"), r"reward='two words' is not allowed; choose one of \['minilm-logreg', 'vader'\] or a hub"),
-    (dict(policy="lvwerra/gpt2-imdb"), r"not in the local cache.*offline defaults: 'rt-gpt2', 'smollm2-135m'"),
-    (dict(response_max_tokens=2), r"response_max_tokens=2 must be an integer in \[4, 256\]"),
-    (dict(policy="smollm2-135m", lora_rank=5), r"lora_rank=5 is not allowed; choose one of \[0, 1, 2, 4, 8, 16"),
-    (dict(kl_coef=50.0), r"kl_coef=50.0 must be a number in \[0, 10\]"),
-    (dict(prompt_format="poem"), r"prompt_format='poem' is not allowed for policy='rt-gpt2'; choose one of \['plain', 'instruction'\]"),
-])
-def test_bad_parameters_stop_in_the_first_cells(tmp_path, params, message):
-    out = tmp_path / "run"
-    with pytest.raises(pm.PapermillExecutionError, match=message) as err:
-        run_notebook("sentiment.ipynb", tmp_path / "executed.ipynb", output_dir=str(out), **dict(SMOKE, **params))
-    assert err.value.exec_count <= 3  # the parameter-check cell, before any work
-    assert not out.exists()
-
-
-def test_source_notebooks_are_committed_without_outputs():
-    for name in ("sentiment.ipynb", "sentiment_figures.ipynb"):
-        nb = json.loads((NOTEBOOKS / name).read_text())
-        assert all(not c.get("outputs") and c.get("execution_count") is None
-                   for c in nb["cells"] if c["cell_type"] == "code"), name
-
-
+# ----------------------------------------------------------------------------- profiles, report, figures
 def test_quick_profile_runs_the_lora_policy_with_three_seeds_and_a_kl_sweep():
     from rlformal_utils.runner import sentiment_runs as runs_of
     quick = runs_of("quick")
@@ -421,3 +376,98 @@ def test_quick_profile_runs_the_lora_policy_with_three_seeds_and_a_kl_sweep():
     assert all(r.params["policy"] == "smollm2-135m" and r.params["lora_rank"] == 16 for r in quick)
     assert len({r.params["seed"] for r in main}) >= 3 and len({r.params["kl_coef"] for r in quick}) >= 3
     assert len({r.name for r in quick}) == len(quick)
+
+
+def _summary(before_reward, after_reward, before_ppl, after_ppl, reward="minilm-logreg"):
+    side = dict(reward_median=0.0, reward_sd=1.0, reward_positive_share=0.5, judge_mean=0.1, response_tokens_mean=9.0,
+                distinct_1=0.9, distinct_2=0.95, repetition=0.01, n=64)
+    before = dict(side, reward_mean=before_reward, judge_positive_share=0.25, perplexity=before_ppl,
+                  review_similarity=0.4)
+    after = dict(side, reward_mean=after_reward, judge_positive_share=0.75, perplexity=after_ppl,
+                 review_similarity=0.375)
+    config = dict(defaults(P.PARAMS), reward=reward, kl_coef=0.2, seed=3, ppo_steps=24, ppo_batch_size=16)
+    return dict(config=config, policy_label="smollm2-135m+lora16", judge="vader", before=before, after=after,
+                train_seconds=300.0, real_review_similarity=0.44)
+
+
+def test_the_closing_statement_reads_its_numbers_from_the_summary():
+    text = S.result_text(_summary(0.5, 3.0, 40.0, 50.0))
+    for part in ["smollm2-135m+lora16, KL 0.2, seed 3, 24 PPO steps of 16 prompts, 5.0 min of PPO", "on 64 held-out",
+                 "from 0.50 to 3.00 (+2.50 logits", "(vader) from 0.25 to 0.75", "from 40.0 to 50.0 (1.25x",
+                 "from 0.400 to 0.375", "real held-out reviews: 0.440"]:
+        assert part in text, part
+    assert "-1.00 VADER compound" in S.result_text(_summary(0.5, -0.5, 40.0, 50.0, reward="vader"))
+    table = S.before_after_table(_summary(0.5, 3.0, 40.0, 50.0))
+    assert table.loc["mean reward (minilm-logreg)", "after PPO"] == 3.0 and "n" not in table.index
+    assert table.loc["perplexity under the frozen base model"].tolist() == [40.0, 50.0]
+
+
+def test_short_labels_keep_what_differs():
+    short, common = plots.short_labels(["p, reward r, KL 0", "p, reward r, KL 0.2 adaptive", "p, reward v, KL 0"])
+    assert short == {"p, reward r, KL 0": "reward r, KL 0", "p, reward r, KL 0.2 adaptive": "reward r, KL 0.2 adaptive",
+                     "p, reward v, KL 0": "reward v, KL 0"} and common == "p"
+    assert plots.short_labels(["p, KL 0"]) == ({"p, KL 0": "p, KL 0"}, "")
+
+
+def _runs_and_table():
+    """Two rewards of different scales, two KL coefficients, two seeds each."""
+    rows = []
+    for reward, judge, scale in [("minilm-logreg", "vader", 3.0), ("vader", "minilm-logreg", 0.3)]:
+        for kl in (0.0, 0.2):
+            for seed in (0, 1):
+                after = scale * (2 - 4 * kl) + 0.1 * seed
+                rows.append(dict(run=f"{reward}_{kl}_{seed}", setting=f"p, reward {reward}, KL {kl:g}", seed=seed,
+                                 reward_name=reward, judge_name=judge, policy="p", lora_rank=16,
+                                 prompt_format="plain", kl_coef=kl, adaptive_kl=False, steps=4, batch_size=4,
+                                 ppo_epochs=1, ppo_lr=1e-3, train_seconds=1.0, seconds_per_step=0.25,
+                                 notebook_seconds=60.0 + seed, final_kl=1.0, real_review_similarity=0.44,
+                                 classifier_heldout_accuracy=0.7, before_n=8, before_reward_mean=0.1 * scale,
+                                 after_reward_mean=after, before_judge_positive_share=0.4,
+                                 after_judge_positive_share=0.5 + 0.4 * (kl == 0) + 0.05 * seed,
+                                 before_perplexity=40.0, after_perplexity=40.0 * (1.2 + 4 * (kl == 0)),
+                                 before_review_similarity=0.4, after_review_similarity=0.41,
+                                 before_distinct_2=0.9, after_distinct_2=0.8, before_repetition=0.0,
+                                 after_repetition=0.1, before_reward_median=0.0, after_reward_median=after,
+                                 before_reward_positive_share=0.5, after_reward_positive_share=0.9))
+    runs = pd.DataFrame(rows)
+    return runs, plots.runs_table(runs)
+
+
+def test_rewards_of_different_scales_never_share_an_axis():
+    runs, table = _runs_and_table()
+    fig = plots.fig_judge_perplexity(runs)
+    reward_axes = [a for a in fig.axes if a.get_title().startswith("held-out mean reward")]
+    assert len(reward_axes) == 2  # one panel per reward
+    for a, reward in zip(reward_axes, ["minilm-logreg", "vader"]):
+        heights = sorted(round(p.get_height(), 6) for p in a.patches)
+        expected = runs[runs["reward_name"] == reward].groupby("setting")[["before_reward_mean", "after_reward_mean"]]
+        assert reward in a.get_title() and heights == sorted(round(v, 6) for v in expected.mean().to_numpy().ravel())
+    sweep = plots.fig_kl_sweep(table, dict(zip(runs["reward_name"], runs["judge_name"])))
+    gains = [a for a in sweep.axes if a.get_ylabel().startswith("held-out reward gain")]
+    assert [a.get_ylabel().split("(")[1] for a in gains] == ["minilm-logreg)", "vader)"]
+    tradeoff = plots.fig_tradeoff(table)
+    assert sorted(a.get_xlabel() for a in tradeoff.axes) == ["held-out reward gain (minilm-logreg)"] * 2 + \
+        ["held-out reward gain (vader)"] * 2
+
+
+def test_summary_and_findings_use_the_sample_sd_over_seeds():
+    runs, table = _runs_and_table()
+    summary = plots.summary_table(runs).set_index("setting")
+    # seeds 0 and 1 after KL 0, classifier reward: 6.0 and 6.1 -> mean 6.05, sample sd 0.0707 (population: 0.05)
+    assert summary.loc["p, reward minilm-logreg, KL 0", "mean reward after"] == "6.05 ± 0.07"
+    assert summary.loc["p, reward minilm-logreg, KL 0", "minutes / run"] == "1.0 ± 0.0"
+    text = plots.findings(table)
+    line = next(l for l in text.splitlines() if "reward minilm-logreg, KL 0 " in l)
+    assert "reward gain +5.75 ± 0.07 (target >= 2: 2/2 seeds)" in line
+    assert "judge positive share 0.93 ± 0.04 (target >= 0.8: 2/2 seeds)" in line
+    assert "perplexity ratio 5.20 (target <= 1.5: 0/2 seeds)" not in line and "perplexity ratio 5.20 ± 0.00" in line
+    assert "target" not in next(l for l in text.splitlines() if "reward vader, KL 0.2" in l)  # no targets for VADER
+
+
+def test_the_committed_quick_runs_are_what_the_profile_and_the_declaration_give():
+    """results/sentiment/<run>/config.json of every quick-profile run equals the declaration's defaults
+    with the profile's values, so ./run_all.sh skips exactly the committed runs and reruns give them."""
+    from rlformal_utils.runs import REPO_ROOT
+    for run in sentiment_runs("quick"):
+        committed = REPO_ROOT / "results" / "sentiment" / run.name / "config.json"
+        assert json.loads(committed.read_text()) == P.check(dict(defaults(P.PARAMS), **run.params)), run.name

@@ -56,3 +56,9 @@ def load_reviews(data: str = "rotten_tomatoes", heldout_fraction: float = 0.2,
     if min_chars:
         df = df[df["text"].str.len() >= min_chars].reset_index(drop=True)
     return df
+
+
+def labelled_split(reviews: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, held-out) reviews with a sentiment label (plot summaries, label -1, left out)."""
+    labelled = reviews[reviews["label"] >= 0]
+    return labelled[labelled["split"] == "train"], labelled[labelled["split"] == "heldout"]

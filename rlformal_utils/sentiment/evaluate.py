@@ -1,13 +1,57 @@
 """Held-out evaluation of a policy: reward, independent judge, and fluency, in eval mode."""
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import torch
 
-from .fluency import distinct_n, perplexity, repetition, response_nll
-from .reward import is_positive
-from .sampling import decode_pairs, sample_responses
+from .fluency import ReviewLikeness, distinct_n, perplexity, repetition, response_nll
+from .params import judge_name, prompt_lengths, sampling
+from .reward import MiniLMEncoder, is_positive, make_reward
+from .sampling import PROMPT_FORMATS, decode_pairs, make_prompts, prompt_prefix, sample_responses
+
+
+@dataclass
+class Scorers:
+    """What every text is measured with: the reward PPO sees, the independent judge (never seen by
+    PPO) and review-likeness; ``classifier`` holds the MiniLM classifier's held-out metrics when the
+    reward or the judge is that classifier."""
+    reward: object
+    judge: object
+    judge_name: str
+    likeness: ReviewLikeness
+    classifier: dict | None = None
+
+
+def make_scorers(config: dict, train_reviews: pd.DataFrame, cache_dir=None) -> Scorers:
+    """The run's reward, judge and review-likeness bank (a sample of ``likeness_bank`` train-movie
+    snippets). The classifier and the bank's embeddings are cached by their configuration."""
+    data, fraction, max_train = config["data"], config["heldout_fraction"], config["classifier_max_train"]
+    reward = make_reward(config["reward"], data, fraction, max_train, cache_dir)
+    judge = make_reward(judge_name(config), data, fraction, max_train, cache_dir)
+    classifier = next((m.metrics for m in (reward, judge) if hasattr(m, "metrics")), None)
+    encoder = next((m.encoder for m in (reward, judge) if hasattr(m, "encoder")), None) or MiniLMEncoder()
+    bank = train_reviews.sample(min(config["likeness_bank"], len(train_reviews)), random_state=0)["text"]
+    likeness = ReviewLikeness(encoder, bank, k=config["likeness_k"], cache_dir=cache_dir,
+                              cache_key=dict(data=data, heldout_fraction=fraction))
+    return Scorers(reward, judge, judge_name(config), likeness, classifier)
+
+
+def real_review_scale(scorers: Scorers, held_reviews: pd.DataFrame, per_label: int = 100,
+                      chars: int = 80) -> tuple[pd.DataFrame, float]:
+    """What the three measures give for real held-out reviews, cut to ``chars`` characters (about
+    the length of review start + response): the mean reward, judge-positive share and
+    review-likeness per label (up to ``per_label`` reviews each), and the mean review-likeness
+    of all of them."""
+    probe = pd.concat([d.sample(min(len(d), per_label), random_state=0) for _, d in held_reviews.groupby("label")])
+    cut = probe["text"].str.slice(0, chars).tolist()
+    probe = probe.assign(reward=scorers.reward(cut), judge_positive=is_positive(scorers.judge, scorers.judge(cut)),
+                         review_similarity=scorers.likeness(cut))
+    scale = probe.groupby("label")[["reward", "judge_positive", "review_similarity"]].mean()
+    return scale.rename(index={0: "rotten/negative", 1: "fresh/positive"}), float(probe["review_similarity"].mean())
 
 
 def evaluate(policy, reference, tokenizer, prompts: list[dict], reward_model, judge, seed: int,
@@ -56,3 +100,36 @@ def eval_summary(df: pd.DataFrame) -> dict:
         out["review_similarity"] = float(np.mean(df["review_similarity"]))
     out["n"] = len(df)
     return out
+
+
+def evaluate_policy(policy, reference, tokenizer, prompts: list[dict], scorers: Scorers, config: dict) -> pd.DataFrame:
+    """``evaluate`` with the run's scorers, its sampling settings and its evaluation seed."""
+    return evaluate(policy, reference, tokenizer, prompts, scorers.reward, scorers.judge, seed=config["data_seed"],
+                    likeness=scorers.likeness, **sampling(config))
+
+
+def compare_prompt_formats(policy, reference, tokenizer, texts, scorers: Scorers, config: dict,
+                           prepend_bos: bool = False) -> pd.DataFrame:
+    """The untrained policy on the same ``format_probe_prompts`` held-out review starts in each
+    prompt format (``chat`` only with a chat template): review-likeness, perplexity, reward, the
+    judge's positive share, distinct-2, prompt length in tokens and the evaluation's seconds."""
+    rows = {}
+    for fmt in PROMPT_FORMATS:
+        if fmt == "chat" and not getattr(tokenizer, "chat_template", None):
+            continue  # a tokenizer trained here has no chat template
+        prompts = make_prompts(tokenizer, texts, config["format_probe_prompts"], seed=20_000 + config["data_seed"],
+                               prefix=prompt_prefix(tokenizer, fmt, prepend_bos), **prompt_lengths(config))
+        t = time.time()
+        result = eval_summary(evaluate_policy(policy, reference, tokenizer, prompts, scorers, config))
+        rows[fmt] = dict(result, seconds=time.time() - t,
+                         prompt_tokens=float(np.mean([len(p["query"]) for p in prompts])))
+    columns = ["review_similarity", "perplexity", "reward_mean", "judge_positive_share", "distinct_2",
+               "prompt_tokens", "seconds"]
+    return pd.DataFrame(rows).T[columns]
+
+
+def before_after(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
+    """The held-out samples side by side (``eval_samples.csv``): the prompt, then every column of
+    the evaluation before PPO with the suffix ``_before`` and after PPO with ``_after``."""
+    samples = pd.concat([before.add_suffix("_before"), after.drop(columns=["prompt"]).add_suffix("_after")], axis=1)
+    return samples.rename(columns={"prompt_before": "prompt"})

@@ -72,8 +72,9 @@ def perplexity(nll_and_tokens: np.ndarray) -> float:
 class ReviewLikeness:
     """How much a text reads like a critic's review: the mean cosine similarity (MiniLM embeddings)
     of the text to its ``k`` nearest snippets in a bank of real review snippets. Real held-out
-    reviews score about 0.5; text that drifts into assistant talk ("I support you") or into
-    gibberish scores lower. The bank's embeddings are cached by configuration."""
+    reviews cut to 80 characters score about 0.44 (the quick profile). A coarse measure: it barely
+    moved when PPO drifted from reviews towards praise ("Your vision, passion"), see the README.
+    The bank's embeddings are cached by configuration."""
 
     def __init__(self, encoder, bank_texts, k: int = 5, cache_key: dict | None = None, cache_dir=None):
         self.encoder, self.k = encoder, k

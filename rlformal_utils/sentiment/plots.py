@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from ..figures import band, mean_sd
 from ..runs import complete_runs
 
 BEFORE_AFTER = {"before": "0.6", "after": sns.color_palette("colorblind")[2]}
@@ -93,7 +95,7 @@ def plot_sentiment_run(metrics: pd.DataFrame, samples: pd.DataFrame, summary: di
         ev = metrics.dropna(subset=["heldout_reward_mean"])
         a.plot(ev["step"], ev["heldout_reward_mean"], "o-", color="C3", label="held-out prompts (mean)")
     a.set(xlabel="PPO step", ylabel=f"reward ({summary['config']['reward']})", title="reward during PPO")
-    a.legend(fontsize=8)
+    a.legend()
     a = ax[0, 1]
     a.plot(train["step"], train["kl"], color="C1")
     a.set(xlabel="PPO step", ylabel="KL(policy || reference) per response, nats", title="KL to the reference")
@@ -104,7 +106,7 @@ def plot_sentiment_run(metrics: pd.DataFrame, samples: pd.DataFrame, summary: di
         a.hist(col, bins=bins, alpha=0.55, color=color,
                label=f"{when} PPO: mean {col.mean():.2f}, median {col.median():.2f}")
     a.set(xlabel="reward of prompt + response", ylabel="held-out prompts", title="held-out reward distribution")
-    a.legend(fontsize=8)
+    a.legend()
     a = ax[1, 1]
     b, f = summary["before"], summary["after"]
     keys = [("judge_positive_share", f"positive share\n(judge: {summary['judge']})"),
@@ -114,91 +116,119 @@ def plot_sentiment_run(metrics: pd.DataFrame, samples: pd.DataFrame, summary: di
     x = np.arange(len(keys))
     a.bar(x - 0.2, [b[k] for k, _ in keys], 0.4, color=BEFORE_AFTER["before"], label="before")
     a.bar(x + 0.2, [f[k] for k, _ in keys], 0.4, color=BEFORE_AFTER["after"], label="after")
-    labels = [name for _, name in keys]
-    a.set_xticks(x, labels)
+    a.set_xticks(x, [name for _, name in keys])
     a.set(ylim=(0, 1), ylabel="share of held-out responses",
           title=f"judge and fluency (base-model perplexity {b['perplexity']:.1f} -> {f['perplexity']:.1f})")
-    a.legend(fontsize=8)
+    a.legend()
     fig.tight_layout()
     return fig
 
 
-def _band(ax, df: pd.DataFrame, col: str, window: int, label: str, color):
-    """Mean over seeds of a per-run rolling mean, with a ± sd band over seeds."""
-    d = df.dropna(subset=[col]).copy()
-    d["smooth"] = d.groupby("run")[col].transform(lambda s: s.rolling(window, min_periods=1).mean())
-    g = d.groupby("step")["smooth"].agg(["mean", "std", "count"]).fillna(0.0)
-    n = int(d["run"].nunique())
-    ax.plot(g.index, g["mean"], color=color, label=f"{label} ({n} seed{'s' if n > 1 else ''})")
-    ax.fill_between(g.index, g["mean"] - g["std"], g["mean"] + g["std"], color=color, alpha=0.2)
+def short_labels(settings) -> tuple[dict, str]:
+    """Setting labels that keep only the parts in which the settings differ ("KL 0.2"), and the
+    parts they share ("smollm2-135m+lora16, reward minilm-logreg") for a title. One setting keeps
+    its whole label."""
+    settings = list(settings)
+    parts = {s: s.split(", ") for s in settings}
+    if len(settings) < 2:
+        return {s: s for s in settings}, ""
+    common = [p for p in parts[settings[0]] if all(p in q for q in parts.values())]
+    return {s: ", ".join(p for p in q if p not in common) or s for s, q in parts.items()}, ", ".join(common)
+
+
+def _titled(title: str, common: str) -> str:
+    return f"{title}\n{common}" if common else title
 
 
 def fig_over_steps(metrics: pd.DataFrame, col: str, ylabel: str, title: str, window: int = 5,
                    by_reward: bool = False):
-    """One curve per setting; ``by_reward`` puts each reward (each its own scale) in its own panel."""
+    """One curve per setting: the mean over seeds of each run's rolling mean over ``window`` steps,
+    with a ± sd band over seeds (ddof=1). ``by_reward`` gives each reward (each its own scale) its
+    own panel."""
     groups = list(metrics.groupby("reward_name")) if by_reward else [(None, metrics)]
-    fig, axes = plt.subplots(1, len(groups), figsize=(7 * len(groups), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 4.4), squeeze=False)
     settings = sorted(metrics["setting"].unique())
+    short, common = short_labels(settings)
     for ax, (reward, part) in zip(axes[0], groups):
         for setting, d in part.groupby("setting"):
-            _band(ax, d, col, window, setting, f"C{settings.index(setting)}")
-        ax.set(xlabel="PPO step", ylabel=ylabel + (f" ({reward})" if reward else ""), title=title)
-        ax.legend(fontsize=8)
+            d = d.dropna(subset=[col]).copy()
+            d["smooth"] = d.groupby("run")[col].transform(lambda s: s.rolling(window, min_periods=1).mean())
+            n = d["run"].nunique()
+            band(ax, d, "step", "smooth", f"{short[setting]} ({n} seed{'s' if n > 1 else ''})",
+                 color=f"C{settings.index(setting)}")
+        ax.set(xlabel="PPO step", ylabel=ylabel + (f" ({reward})" if reward else ""), title=_titled(title, common))
+        ax.legend()
     fig.tight_layout()
     return fig
 
 
 def fig_distributions(samples: pd.DataFrame):
-    """Held-out reward distributions before vs after PPO, pooled over seeds, one panel per setting."""
+    """Held-out reward distributions before vs after PPO, pooled over seeds, one panel per setting;
+    panels of the same reward share their x-axis."""
     settings = sorted(samples["setting"].unique())
-    fig, axes = plt.subplots(1, len(settings), figsize=(6.5 * len(settings), 4.2), squeeze=False)
+    short, common = short_labels(settings)
+    one_reward = samples["reward_name"].nunique() == 1
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings) + 0.6, 4.0), squeeze=False,
+                             sharex=one_reward, sharey=True)
+    bins = np.histogram_bin_edges(np.r_[samples["reward_before"], samples["reward_after"]], bins=40)
     for a, setting in zip(axes[0], settings):
         d = samples[samples["setting"] == setting]
-        bins = np.histogram_bin_edges(np.r_[d["reward_before"], d["reward_after"]], bins=40)
+        if not one_reward:
+            bins = np.histogram_bin_edges(np.r_[d["reward_before"], d["reward_after"]], bins=40)
         for when, color in BEFORE_AFTER.items():
             col = d[f"reward_{when}"]
-            a.hist(col, bins=bins, alpha=0.55, color=color, density=True,
-                   label=f"{when} PPO: mean {col.mean():.2f}, median {col.median():.2f}")
-        a.set(xlabel=f"reward ({d['reward_name'].iloc[0]}) of prompt + response", ylabel="density",
-              title=f"{setting}\n{d['run'].nunique()} seed(s) x {len(d) // max(d['run'].nunique(), 1)} held-out prompts")
-        a.legend(fontsize=8)
+            a.hist(col, bins=bins, alpha=0.55, color=color, density=True, label=f"{when}: mean {col.mean():.2f}")
+        runs = d["run"].nunique()
+        a.set(xlabel=f"reward ({d['reward_name'].iloc[0]})", title=f"{short[setting]}\n{runs} seed(s) x "
+              f"{len(d) // max(runs, 1)} prompts")
+        a.legend(loc="upper left")
+    axes[0, 0].set_ylabel("density")
+    if common:
+        fig.suptitle(f"Held-out reward of review start + response, before and after PPO ({common})")
     fig.tight_layout()
     return fig
 
 
 def fig_judge_perplexity(runs: pd.DataFrame):
-    """Before vs after: reward mean, the independent judge's positive share, reference perplexity.
-    Bars: mean over seeds; dots: single seeds."""
-    panels = [("reward_mean", "held-out mean reward"), ("judge_positive_share", "positive share (independent judge)"),
-              ("perplexity", "perplexity of responses\nunder the frozen base model")]
+    """Before vs after PPO: the held-out mean reward (one panel per reward: different scales), the
+    independent judge's positive share and the perplexity under the frozen base model. Bars: mean
+    over seeds; dots: single seeds."""
     settings = sorted(runs["setting"].unique())
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2))
-    for a, (col, title) in zip(axes, panels):
-        for i, setting in enumerate(settings):
+    short, common = short_labels(settings)
+    rewards = sorted(runs["reward_name"].unique())
+    panels = [("reward_mean", f"held-out mean reward\n({r})", r) for r in rewards]
+    panels += [("judge_positive_share", "positive share\n(independent judge)", None),
+               ("perplexity", "perplexity of the responses\nunder the frozen base model", None)]
+    judges = runs.groupby("setting")["judge_name"].first()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.9 * len(panels), 4.3), squeeze=False)
+    for a, (col, title, reward) in zip(axes[0], panels):
+        shown = [s for s in settings if reward is None or runs.loc[runs["setting"] == s, "reward_name"].iloc[0] == reward]
+        for i, setting in enumerate(shown):
             d = runs[runs["setting"] == setting]
             for j, (when, color) in enumerate(BEFORE_AFTER.items()):
                 x = i + (j - 0.5) * 0.4
                 vals = d[f"{when}_{col}"]
                 a.bar(x, vals.mean(), 0.38, color=color, label=f"{when} PPO" if i == 0 else None)
                 a.scatter(np.full(len(vals), x), vals, color="k", s=12, zorder=3)
-        judges = [runs.loc[runs["setting"] == s, "judge_name"].iloc[0] for s in settings]
-        a.set_xticks(range(len(settings)), [s.replace(", ", "\n") + f"\njudge: {j}" for s, j in zip(settings, judges)],
-                     fontsize=8)
+        labels = [short[s] + (f"\njudge: {judges[s]}" if judges.nunique() > 1 else "") for s in shown]
+        a.set_xticks(range(len(shown)), labels)
         a.set(title=title)
         if col == "judge_positive_share":
             a.set_ylim(0, 1)
-    axes[0].legend(fontsize=8)
+    axes[0, 0].legend()
+    if common:
+        fig.suptitle(common + (f", judge {judges.iloc[0]}" if judges.nunique() == 1 else ""))
     fig.tight_layout()
     return fig
 
 
 def _pm(s: pd.Series, digits: int) -> str:
-    s = s.dropna()
-    if len(s) == 0:
+    m, sd, n = mean_sd(s)
+    if n == 0:
         return ""
-    if len(s) == 1:
-        return f"{s.iloc[0]:.{digits}f}"
-    return f"{s.mean():.{digits}f} ± {s.std(ddof=1):.{digits}f}"
+    if n == 1:
+        return f"{m:.{digits}f}"
+    return f"{m:.{digits}f} ± {sd:.{digits}f}"
 
 
 def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -226,60 +256,132 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _mean_sd(v: pd.Series) -> tuple[float, float]:
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+def examples_table(runs: pd.DataFrame, samples: pd.DataFrame, n: int = 12) -> tuple[str, int, pd.DataFrame]:
+    """The before/after table: the first ``n`` held-out prompts of the setting with the most seeds
+    (its lowest seed), both responses and their rewards, text made safe for a Markdown table.
+    Returns (setting, seed, table)."""
+    main = runs.groupby("setting")["seed"].count().sort_values(ascending=False, kind="stable").index[0]
+    d = samples[samples["setting"] == main]
+    seed = int(d["seed"].min())
+    table = d[d["seed"] == seed].head(n)[["prompt", "response_before", "reward_before", "response_after",
+                                           "reward_after"]].round(2)
+    for col in ("prompt", "response_before", "response_after"):
+        table[col] = table[col].astype(str).str.replace("\n", " ", regex=False).str.replace("|", "/", regex=False)
+    return main, seed, table
 
 
-def fig_kl_sweep(table: pd.DataFrame):
-    """The KL sweep from the tidy per-run table: reward gain, the judge's positive share, the
-    perplexity ratio and review-likeness against the KL coefficient. Dots: seeds; line and error
-    bars: mean ± sd over seeds (ddof=1)."""
-    panels = [("reward_gain", "held-out reward gain (logits)", [(2.0, "target +2.0")]),
-              ("judge_positive_after", "VADER positive share after PPO", [(0.8, "target 0.8")]),
-              ("perplexity_ratio", "perplexity under the base model,\nafter / before", [(1.5, "target <= 1.5"), (1.0, None)]),
-              ("review_similarity_after", "review-likeness after PPO", [])]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8))
-    policies = sorted(table["policy"].unique())
-    for a, (col, ylabel, lines) in zip(axes, panels):
-        for i, policy in enumerate(policies):
+# the targets of issue 11, for the classifier reward judged by VADER
+TARGETS = {"reward_gain": (2.0, ">="), "judge_positive_after": (0.8, ">="), "perplexity_ratio": (1.5, "<=")}
+
+
+def _sweep_block(axes, table: pd.DataFrame, reward: str, judge: str) -> None:
+    """The four sweep panels of one reward."""
+    targets = reward != "vader"
+    panels = [("reward_gain", f"held-out reward gain\n({reward})", None),
+              ("judge_positive_after", f"positive share ({judge})\nafter PPO", "judge_positive_before"),
+              ("perplexity_ratio", "perplexity under the base model,\nafter / before", None),
+              ("review_similarity_after", "review-likeness after PPO", "review_similarity_before")]
+    for a, (col, ylabel, before) in zip(axes, panels):
+        for i, policy in enumerate(sorted(table["policy"].unique())):
             d = table[table["policy"] == policy]
-            stats = d.groupby("kl_coef")[col].agg(["mean", "std", "count"]).fillna(0.0)
-            a.errorbar(stats.index, stats["mean"], yerr=stats["std"], fmt="o-", color=f"C{i}", capsize=3,
-                       label=f"{policy} (mean ± sd)")
-            a.scatter(d["kl_coef"], d[col], color=f"C{i}", s=14, alpha=0.5, zorder=3)
-            before = {"judge_positive_after": "judge_positive_before", "review_similarity_after": "review_similarity_before"}
-            if col in before:
-                a.axhline(d[before[col]].mean(), color=f"C{i}", ls=":", lw=1, label="before PPO")
-        for y, text in lines:
-            a.axhline(y, color="0.4", ls="--", lw=1, label=text)
+            stats = pd.DataFrame([(kl, *mean_sd(g[col])) for kl, g in d.groupby("kl_coef")],
+                                 columns=["kl", "mean", "sd", "n"])
+            a.errorbar(stats["kl"], stats["mean"], yerr=stats["sd"].fillna(0.0), fmt="o-", color=f"C{i}", capsize=3,
+                       label=f"{policy}: mean ± sd over seeds")
+            a.scatter(d["kl_coef"], d[col], color=f"C{i}", s=14, alpha=0.5, zorder=3, label=f"{policy}: one seed")
+            if before:
+                a.axhline(d[before].mean(), color=f"C{i}", ls=":", lw=1.2, label="before PPO")
+        if targets and col in TARGETS:
+            a.axhline(TARGETS[col][0], color="0.4", ls="--", lw=1, label="target (issue 11)")
+        if col == "perplexity_ratio":
+            _ratio_axis(a, table[col])
         a.set(xlabel="KL coefficient (fixed)", ylabel=ylabel)
         a.set_xticks(sorted(table["kl_coef"].unique()))
-        a.legend(fontsize=8)
-    fig.suptitle("KL sweep: what the KL penalty buys (held-out prompts)", fontsize=11)
-    fig.tight_layout()
+
+
+def _ratio_axis(a, values) -> None:
+    """A log y-axis for the perplexity ratio (from ~1 to ~10: a linear axis hides the target 1.5)."""
+    a.set_yscale("log")
+    a.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    a.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    a.set_yticks([t for t in (1, 1.5, 2, 3, 5, 10, 20, 50, 100) if t <= max(2.0, float(np.nanmax(values)) * 1.2)])
+
+
+def _legend_below(fig, axes) -> None:
+    """One legend for the whole figure, below the panels, each entry once."""
+    entries = {}
+    for a in np.ravel(axes):
+        for handle, label in zip(*a.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    fig.legend(entries.values(), entries.keys(), loc="lower center", ncol=min(len(entries), 4), frameon=False)
+
+
+def fig_kl_sweep(table: pd.DataFrame, judges: dict | None = None):
+    """The KL sweep from the tidy per-run table, a 2 x 2 block per reward: the reward gain, the
+    judge's positive share after PPO (dotted: before), the perplexity ratio and review-likeness
+    (dotted: before) against the KL coefficient. Dots: seeds; line and error bars: mean ± sd over
+    seeds (ddof=1). ``judges`` names the judge of each reward (default: its independent counterpart)."""
+    from .reward import default_judge
+    rewards = sorted(table["reward"].unique())
+    fig, axes = plt.subplots(2 * len(rewards), 2, figsize=(10, 6.6 * len(rewards) + 0.5), squeeze=False)
+    for r, reward in enumerate(rewards):
+        judge = (judges or {}).get(reward, default_judge(reward))
+        _sweep_block(axes[2 * r:2 * r + 2].ravel(), table[table["reward"] == reward], reward, judge)
+    fig.suptitle("KL sweep: what the KL penalty buys (held-out prompts)")
+    fig.tight_layout(rect=(0, 0.5 / fig.get_figheight(), 1, 1))
+    _legend_below(fig, axes)
     return fig
 
 
 def fig_tradeoff(table: pd.DataFrame):
-    """Reward gain against drift: the perplexity ratio and review-likeness after PPO, one point per
-    run, coloured by KL coefficient; crosses: mean ± sd over seeds per coefficient."""
-    panels = [("perplexity_ratio", "perplexity under the base model, after / before"),
+    """Reward gain against drift, one row per reward: the perplexity ratio (log axis) and
+    review-likeness after PPO against the reward gain, one point per run, coloured by KL
+    coefficient; squares and bars: mean ± sd over seeds (ddof=1) per coefficient."""
+    rewards = sorted(table["reward"].unique())
+    panels = [("perplexity_ratio", "perplexity under the base model,\nafter / before"),
               ("review_similarity_after", "review-likeness after PPO")]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     kls = sorted(table["kl_coef"].unique())
     colors = dict(zip(kls, sns.color_palette("viridis", len(kls))))
-    for a, (col, ylabel) in zip(axes, panels):
-        for kl in kls:
-            d = table[table["kl_coef"] == kl]
-            a.scatter(d["reward_gain"], d[col], color=colors[kl], s=22, alpha=0.6)
-            (mx, sx), (my, sy) = _mean_sd(d["reward_gain"]), _mean_sd(d[col])
-            a.errorbar(mx, my, xerr=sx, yerr=sy, fmt="s", color=colors[kl], capsize=3, ms=7,
-                       label=f"KL {kl:g} ({len(d)} seed{'s' if len(d) > 1 else ''})")
-        a.set(xlabel="held-out reward gain (logits)", ylabel=ylabel)
-        a.legend(fontsize=8)
-    if "review_similarity_before" in table:
-        axes[1].axhline(table["review_similarity_before"].mean(), color="0.5", ls=":", lw=1)
-    axes[0].axhline(1.5, color="0.4", ls="--", lw=1)
-    fig.suptitle("Reward gain against drift from the base model", fontsize=11)
-    fig.tight_layout()
+    fig, axes = plt.subplots(len(rewards), 2, figsize=(10, 4.2 * len(rewards) + 0.4), squeeze=False)
+    for row, reward in zip(axes, rewards):
+        part = table[table["reward"] == reward]
+        for a, (col, ylabel) in zip(row, panels):
+            for kl in kls:
+                d = part[part["kl_coef"] == kl]
+                if d.empty:
+                    continue
+                a.scatter(d["reward_gain"], d[col], color=colors[kl], s=22, alpha=0.6)
+                (mx, sx, _), (my, sy, _) = mean_sd(d["reward_gain"]), mean_sd(d[col])
+                a.errorbar(mx, my, xerr=np.nan_to_num(sx), yerr=np.nan_to_num(sy), fmt="s", color=colors[kl],
+                           capsize=3, ms=7, label=f"KL {kl:g} ({len(d)} seed{'s' if len(d) > 1 else ''})")
+            a.set(xlabel=f"held-out reward gain ({reward})", ylabel=ylabel)
+        _ratio_axis(row[0], part["perplexity_ratio"])
+        if "review_similarity_before" in part:
+            row[1].axhline(part["review_similarity_before"].mean(), color="0.5", ls=":", lw=1.2, label="before PPO")
+        if reward != "vader":
+            row[0].axhline(TARGETS["perplexity_ratio"][0], color="0.4", ls="--", lw=1, label="target (issue 11)")
+    fig.suptitle("Reward gain against drift from the base model")
+    fig.tight_layout(rect=(0, 0.4 / fig.get_figheight(), 1, 1))
+    _legend_below(fig, axes)
     return fig
+
+
+def findings(table: pd.DataFrame) -> str:
+    """The sweep in words, one line per setting: each measure as mean ± sd over seeds and, for the
+    classifier reward, how many seeds met the target."""
+    lines = []
+    for (policy, reward, kl), d in table.groupby(["policy", "reward", "kl_coef"]):
+        parts = []
+        for col, name, digits in [("reward_gain", "reward gain", 2), ("judge_positive_after", "judge positive share", 2),
+                                  ("perplexity_ratio", "perplexity ratio", 2)]:
+            m, sd, n = mean_sd(d[col])
+            text = f"{name} {m:+.{digits}f}" if col == "reward_gain" else f"{name} {m:.{digits}f}"
+            text += f" ± {sd:.{digits}f}" if n > 1 else ""
+            if reward != "vader":
+                goal, sense = TARGETS[col]
+                met = int((d[col] >= goal).sum() if sense == ">=" else (d[col] <= goal).sum())
+                text += f" (target {sense} {goal:g}: {met}/{n} seeds)"
+            parts.append(text)
+        lines.append(f"- {policy}, reward {reward}, KL {kl:g} ({len(d)} seed{'s' if len(d) > 1 else ''}): "
+                     + "; ".join(parts))
+    return "\n".join(lines)

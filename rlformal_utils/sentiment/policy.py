@@ -2,13 +2,15 @@
 (full fine-tuning or LoRA), hub causal LMs online, and the PPO trainer around them."""
 from __future__ import annotations
 
+import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..modes import disable_dropout, eval_mode
-from ..runs import ParameterError, atomic_write_json, cached_dir
+from ..runs import atomic_write_json, cached_dir
 from .data import load_reviews
 from .hub import OFFLINE_POLICIES, load_from_hub, package_dir
 
@@ -139,29 +141,6 @@ def policy_label(policy: str, lora_rank: int) -> str:
     return f"{policy}+lora{lora_rank}" if lora_rank else policy
 
 
-def check_policy(policy: str, lora_rank: int, kl_mode: str, kl_coef: float, prompt_format: str = "plain") -> None:
-    """The policy-related parameters that only make sense together: a LoRA rank from
-    ``LORA_RANKS``, a KL coefficient in [0, 10], and no ``kl_mode="policy"`` with LoRA (trl
-    always takes the adapter-disabled model as the reference of a peft model: use kl_coef=0), and
-    a prompt format from ``PROMPT_FORMATS`` ("chat" needs a chat template: not rt-gpt2's tokenizer)."""
-    from .sampling import PROMPT_FORMATS
-    from .hub import check_name
-    check_name("policy", policy, OFFLINE_POLICIES, "causal LM")
-    if lora_rank not in LORA_RANKS or isinstance(lora_rank, bool):
-        raise ParameterError(f"parameter lora_rank={lora_rank!r} is not allowed; choose one of {list(LORA_RANKS)} "
-                             "(0 = full fine-tuning)")
-    if isinstance(kl_coef, bool) or not isinstance(kl_coef, (int, float)) or not 0.0 <= kl_coef <= 10.0:
-        raise ParameterError(f"parameter kl_coef={kl_coef!r} must be a number in [0, 10] "
-                             "(0 = no KL penalty; trl's default 0.2)")
-    if lora_rank and kl_mode == "policy":
-        raise ParameterError("parameter kl_mode='policy' is not allowed with lora_rank > 0: the KL reference of a "
-                             "LoRA policy is the base model with the adapter disabled; use kl_coef=0 for no KL")
-    if prompt_format not in PROMPT_FORMATS or (prompt_format == "chat" and policy == "rt-gpt2"):
-        allowed = [f for f in PROMPT_FORMATS if not (f == "chat" and policy == "rt-gpt2")]
-        raise ParameterError(f"parameter prompt_format={prompt_format!r} is not allowed for policy={policy!r}; "
-                             f"choose one of {allowed}")
-
-
 def make_policy_trainer(model_dir, tokenizer, *, lora_rank: int = 0, lora_alpha: float | None = None,
                         learning_rate: float, batch_size: int, mini_batch_size: int, ppo_epochs: int,
                         kl_mode: str = "frozen", kl_coef: float = 0.2, adaptive_kl: bool = False, seed: int = 0,
@@ -183,7 +162,9 @@ def make_policy_trainer(model_dir, tokenizer, *, lora_rank: int = 0, lora_alpha:
         peft_config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha or 2 * lora_rank, lora_dropout=0.0,
                                  target_modules="all-linear", bias="none", task_type="CAUSAL_LM")
     torch.manual_seed(seed)  # the LoRA and value-head initialisations
-    model = AutoModelForCausalLMWithValueHead.from_pretrained(str(model_dir), peft_config=peft_config)
+    with warnings.catch_warnings():  # trl 0.11.4 asks the model in a way transformers 5 calls deprecated
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated")
+        model = AutoModelForCausalLMWithValueHead.from_pretrained(str(model_dir), peft_config=peft_config)
     disable_dropout(model)
     if lora_rank:
         ref_model = None
@@ -194,7 +175,9 @@ def make_policy_trainer(model_dir, tokenizer, *, lora_rank: int = 0, lora_alpha:
     config = PPOConfig(learning_rate=learning_rate, batch_size=batch_size, mini_batch_size=mini_batch_size,
                        ppo_epochs=ppo_epochs, init_kl_coef=kl_coef, adap_kl_ctrl=adaptive_kl, seed=seed,
                        **ppo_kwargs)
-    trainer = EntropyPPOTrainer(config=config, model=model, ref_model=ref_model, tokenizer=tokenizer)
+    with warnings.catch_warnings():  # we hand trl batches ourselves: its "No dataset is provided" does not apply
+        warnings.filterwarnings("ignore", message="No dataset is provided")
+        trainer = EntropyPPOTrainer(config=config, model=model, ref_model=ref_model, tokenizer=tokenizer)
     if lora_rank:
         assert trainer.ref_model is None and trainer.is_peft_model  # the reference is the adapter-disabled model
     return trainer
@@ -204,3 +187,38 @@ def trainable_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     params = list(model.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def prepare_policy(config: dict, cache_dir=None) -> tuple[Path, object, bool, dict | None]:
+    """The run's base policy on disk: (folder, tokenizer, whether prompts start with BOS, the
+    rt-gpt2 pretraining metrics or None). rt-gpt2 is trained on first use, SmolLM2 converted on
+    first use; both are cached by their configuration."""
+    folder, prepend_bos = policy_dir(config["policy"], cache_dir, size=config["policy_size"],
+                                     vocab_size=config["policy_vocab_size"], steps=config["pretrain_steps"],
+                                     batch_size=config["pretrain_batch_size"], lr=config["pretrain_lr"],
+                                     seed=config["pretrain_seed"], data=config["data"],
+                                     heldout_fraction=config["heldout_fraction"])
+    metrics = Path(folder) / "metrics.json"
+    pretraining = json.loads(metrics.read_text()) if metrics.exists() else None
+    return folder, load_tokenizer(folder), prepend_bos, pretraining
+
+
+def build_trainer(config: dict, model_dir, tokenizer):
+    """(trl trainer, the policy LM it trains, the frozen base for perplexity). With LoRA the frozen
+    base is None: it is the policy with its adapter disabled, as for trl's KL reference."""
+    from transformers import AutoModelForCausalLM
+    trainer = make_policy_trainer(model_dir, tokenizer, lora_rank=config["lora_rank"], learning_rate=config["ppo_lr"],
+                                  batch_size=config["ppo_batch_size"], mini_batch_size=config["ppo_mini_batch_size"],
+                                  ppo_epochs=config["ppo_epochs"], kl_mode=config["kl_mode"],
+                                  kl_coef=config["kl_coef"], adaptive_kl=config["adaptive_kl"], seed=config["seed"])
+    base = None
+    if not config["lora_rank"]:
+        base = disable_dropout(AutoModelForCausalLM.from_pretrained(model_dir)).eval()
+    return trainer, trainer.model.pretrained_model, base
+
+
+def reference_text(config: dict) -> str:
+    """What the KL penalty compares the policy with, in words."""
+    if config["lora_rank"]:
+        return "the adapter-disabled model"
+    return "a frozen copy" if config["kl_mode"] == "frozen" else "the policy itself (KL 0)"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from ..progress import Progress
 from ..runs import atomic_write_json, cached_dir
 from .data import load_reviews
 from .hub import OFFLINE_REWARDS, load_from_hub, package_dir
@@ -36,13 +36,18 @@ class MiniLMEncoder:
         texts = _clean(texts)
         out = []
         starts = range(0, len(texts), batch_size)
-        for i in tqdm(starts, desc="MiniLM embeddings", mininterval=2, disable=not progress):
+        bar = Progress(len(starts), "MiniLM embeddings") if progress else None
+        for i in starts:
             enc = self.tokenizer(texts[i:i + batch_size], padding=True, truncation=True,
                                  max_length=self.max_length, return_tensors="pt")
             hidden = self.model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
             out.append(torch.nn.functional.normalize(mean, dim=-1).numpy())
+            if bar:
+                bar.update()
+        if bar:
+            bar.close()
         return np.concatenate(out) if out else np.zeros((0, 384), dtype=np.float32)
 
 

@@ -103,3 +103,16 @@ def decode_pairs(tokenizer, reviews, responses) -> tuple[list[str], list[str]]:
     full = tokenizer.batch_decode([torch.cat([q, r]) for q, r in zip(reviews, responses)], skip_special_tokens=True)
     resp = tokenizer.batch_decode(responses, skip_special_tokens=True)
     return full, resp
+
+
+def run_prompts(config: dict, tokenizer, prefix: list[int], train_texts, heldout_texts) -> tuple[list[dict], list[dict]]:
+    """A run's prompts: ``ppo_steps x ppo_batch_size`` training prompts from train-movie reviews
+    (seeded by ``seed``) and ``n_heldout`` held-out prompts (seeded by ``data_seed``, so every RL
+    seed is evaluated on the same prompts)."""
+    from .params import prompt_lengths  # params imports this module (PROMPT_FORMATS)
+    lengths = prompt_lengths(config)
+    train = make_prompts(tokenizer, train_texts, max(config["ppo_steps"], 1) * config["ppo_batch_size"],
+                         seed=config["seed"], prefix=prefix, **lengths)
+    heldout = make_prompts(tokenizer, heldout_texts, config["n_heldout"], seed=10_000 + config["data_seed"],
+                           prefix=prefix, **lengths)
+    return train, heldout

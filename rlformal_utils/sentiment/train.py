@@ -1,4 +1,4 @@
-"""One PPO step of the sentiment experiment: sample in eval mode, score, hand to trl, log."""
+"""PPO on the sentiment reward: one step (sample in eval mode, score, hand to trl) and the run's loop."""
 from __future__ import annotations
 
 import time
@@ -6,6 +6,9 @@ import time
 import numpy as np
 import torch
 
+from ..progress import Progress
+from .evaluate import eval_summary
+from .params import sampling
 from .reward import is_positive
 from .sampling import decode_pairs, sample_responses
 
@@ -35,3 +38,38 @@ def ppo_step(trainer, policy, tokenizer, batch: list[dict], reward_model, **samp
                 clipfrac=stats["ppo/policy/clipfrac"], approxkl=stats["ppo/policy/approxkl"],
                 value_var_explained=stats["ppo/val/var_explained"],
                 time_generate=t_generate, time_reward=t_reward, time_ppo_step=t_step)
+
+
+def heldout_row(result: dict) -> dict:
+    """A held-out evaluation summary as metrics.csv columns (``heldout_<measure>``)."""
+    return {f"heldout_{k}": v for k, v in result.items() if k != "n"}
+
+
+def train(trainer, policy, tokenizer, prompts: list[dict], reward_model, config: dict, log, before: dict,
+          evaluate=None) -> float:
+    """``ppo_steps`` PPO steps of ``ppo_batch_size`` consecutive training prompts each. ``log`` gets
+    the step-0 row (the held-out summary ``before``), then one row per step; with ``eval_every``
+    the row of every eval_every-th step (but the last) also holds ``evaluate()``'s held-out
+    summary. Returns the seconds the steps took."""
+    steps, batch_size, every = config["ppo_steps"], config["ppo_batch_size"], config["eval_every"]
+    log.log(dict(step=0, **heldout_row(before)))
+    bar = Progress(steps, "PPO")
+    t_start = time.time()
+    for step in range(1, steps + 1):
+        batch = prompts[(step - 1) * batch_size: step * batch_size]
+        row = dict(step=step, **ppo_step(trainer, policy, tokenizer, batch, reward_model, **sampling(config)))
+        if every and step % every == 0 and step < steps:
+            row.update(heldout_row(eval_summary(evaluate())))
+            log.flush()
+        log.log(row)
+        bar.update(reward=float(row["reward"]), kl=float(row["kl"]))
+    bar.close()
+    return time.time() - t_start
+
+
+def log_after(log, after: dict, steps: int) -> None:
+    """The final held-out summary goes on the last PPO step's row (step 0's second row without PPO)."""
+    if steps:
+        log.rows[-1].update(heldout_row(after))
+    else:
+        log.log(dict(step=0, **heldout_row(after)))
