@@ -21,14 +21,19 @@ class Param:
     high: float | None = None
     kind: type | None = None        # int, float, str, bool, list; default: the type of ``default``
     config: bool = True             # False: bookkeeping (output folder, threads), not part of config.json
+    rule: str | None = None         # the allowed values in words, when the experiment's check() enforces them
 
     def allowed(self) -> str:
+        if self.rule is not None:
+            return self.rule
         if self.choices is not None:
             return f"one of {list(self.choices)}"
         kind = (self.kind or type(self.default)).__name__
+        if kind not in ("int", "float"):
+            return {"str": "a string", "list": "a list"}.get(kind, f"a {kind}")
         lo = "-inf" if self.low is None else self.low
         hi = "inf" if self.high is None else self.high
-        return f"{'an integer' if kind == 'int' else 'a number' if kind == 'float' else 'a ' + kind} in [{lo}, {hi}]"
+        return f"{'an integer' if kind == 'int' else 'a number'} in [{lo}, {hi}]"
 
     def check(self, value) -> None:
         ok = True
@@ -71,7 +76,7 @@ def reference(declared: list[Param]) -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":  # python -m rlformal_utils.params arithmetic
+if __name__ == "__main__":  # python -m rlformal_utils.params arithmetic games
     import importlib
     for name in sys.argv[1:] or ["arithmetic"]:
         module = importlib.import_module(f"rlformal_utils.{name}.params")
