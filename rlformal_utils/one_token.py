@@ -28,6 +28,7 @@ import torch
 
 from .entropy import batch_entropy_stats
 from .modes import disable_dropout, eval_mode
+from .pretrain import left_pad
 
 
 # ----------------------------------------------------------------------------- the forward pass
@@ -40,11 +41,7 @@ def last_position(model, prompts: list[torch.Tensor], with_hidden: bool = False)
     if all(len(p) == width for p in prompts):
         out = model(input_ids=torch.stack(list(prompts)), output_hidden_states=with_hidden)
     else:
-        ids = torch.zeros(len(prompts), width, dtype=torch.long)
-        mask = torch.zeros(len(prompts), width, dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p):] = p
-            mask[i, width - len(p):] = 1
+        ids, mask = left_pad(prompts)
         out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                     output_hidden_states=with_hidden)
     logits = out.logits[:, -1, :].float()

@@ -21,8 +21,11 @@ class Param:
     high: float | None = None
     kind: type | None = None        # int, float, str, bool, list; default: the type of ``default``
     config: bool = True             # False: bookkeeping (output folder, threads), not part of config.json
+    rule: str | None = None         # the allowed values in words, when the experiment's check() enforces them
 
     def allowed(self) -> str:
+        if self.rule is not None:
+            return self.rule
         if self.choices is not None:
             return f"one of {list(self.choices)}"
         kind = (self.kind or type(self.default)).__name__
@@ -73,7 +76,7 @@ def reference(declared: list[Param]) -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":  # python -m rlformal_utils.params arithmetic
+if __name__ == "__main__":  # python -m rlformal_utils.params arithmetic games
     import importlib
     for name in sys.argv[1:] or ["arithmetic"]:
         module = importlib.import_module(f"rlformal_utils.{name}.params")

@@ -1,4 +1,4 @@
-"""Small GPT-2 models trained from scratch, and the supervised (pretraining) loop.
+"""Small GPT-2 models trained from scratch: their tokenizers, padding, and the supervised (pretraining) loop.
 
 Model sizes are named; ``"gpt2-small"`` is the paper's GPT-2 small configuration (12 layers,
 768 dims, 12 heads, ~86M parameters with a 106-word vocabulary and n_ctx 64).
@@ -31,6 +31,41 @@ def build_gpt2(size: str, tokenizer, n_positions: int = 64, seed: int = 0) -> GP
                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)
     return GPT2LMHeadModel(config)
+
+
+def train_bpe_tokenizer(texts, vocab_size: int, extra_special_tokens: tuple[str, ...] = (),
+                        isolate: str | None = None):
+    """A byte-level BPE tokenizer trained on ``texts`` with [PAD], [BOS], [EOS] and the
+    ``extra_special_tokens`` (each one token). ``isolate`` is a regex whose matches are split off
+    before BPE, so they stay single tokens and never merge with their neighbours."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[BOS]", "[EOS]", *extra_special_tokens]
+    tok = Tokenizer(models.BPE())
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.pre_tokenizer = byte_level if isolate is None else pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(isolate), behavior="isolated"), byte_level])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", bos_token="[BOS]", eos_token="[EOS]",
+                                   additional_special_tokens=list(extra_special_tokens) or None)
+    fast.padding_side = "right"
+    return fast
+
+
+def left_pad(seqs, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists (or 1-d tensors) into (input_ids, attention_mask), for generation and
+    for reading the next token after each prompt."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    att = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.as_tensor(s, dtype=torch.long)
+        att[i, width - len(s):] = 1
+    return ids, att
 
 
 def pad_batch(seqs: list[list[int]], pad_id: int, loss_masks: list[list[int]] | None = None):

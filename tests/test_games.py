@@ -1,19 +1,37 @@
-"""Game synthesis on ludax: fill-in-the-middle data, the playout reward, the LM glue, the notebook.
+"""Game synthesis on ludax: fill-in-the-middle data, the playout reward and its worker pool, the LM
+(tokenizer, bracket cut, sampling), evaluation and the tables. The notebooks: test_games_notebooks.py.
 
 The engine tests share one ``GameRewarder`` with two worker processes; on 2 cores the whole file
 takes a few minutes, most of it compiling the 17 bundled games once.
 """
+import ast
 import math
 import os
 import random
 import threading
 import time
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from rlformal_utils import games as G
+from rlformal_utils.games import evaluate as E
+from rlformal_utils.games import fim as F
+from rlformal_utils.games import lm as L
+from rlformal_utils.games import plots
+from rlformal_utils.games import reward as R
+from rlformal_utils.games.rewarder import GameRewarder
 
-BUNDLED = G.bundled_games()
+BUNDLED = F.bundled_games()
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """Nothing here writes into the repository's .cache (models, rewards, jax)."""
+    from rlformal_utils import runs
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    monkeypatch.setenv("RLFORMAL_CACHE", str(cache))
+    monkeypatch.setattr(runs, "CACHE_DIR", cache)
 TWO_PLAYER = [n for n, d in BUNDLED.items() if "(players 2" in d]
 
 
@@ -38,18 +56,18 @@ def test_normalised_descriptions_parse_to_the_same_tree():
 @pytest.mark.parametrize("name", sorted(BUNDLED))
 def test_rebuild_gives_back_the_game_for_every_example(name):
     text = BUNDLED[name]
-    examples = G.fim_examples(name, text)
+    examples = F.fim_examples(name, text)
     assert len(examples) == text.count("(") - 1  # every group except the outermost (game ...)
     for ex in examples:
         assert ex.rebuild() == text
         assert ex.middle.startswith("(") and ex.middle.endswith(")") and ex.depth >= 1
-        assert G.cut_middle(ex.middle + ' (extra "x"))') == ex.middle  # the cut stops at the balance point
+        assert F.cut_middle(ex.middle + ' (extra "x"))') == ex.middle  # the cut stops at the balance point
         assert ex.prompt == f"### PRE: {ex.prefix} ### SUF: {ex.suffix} ### MID:"
     assert len({(e.prefix, e.suffix) for e in examples}) == len(examples)
 
 
 def test_paren_spans_ignore_quoted_brackets():
-    assert G.paren_spans('(a "x(y" (b))') == [(0, 13, 0), (9, 12, 1)]
+    assert F.paren_spans('(a "x(y" (b))') == [(0, 13, 0), (9, 12, 1)]
 
 
 @pytest.mark.parametrize("generated, expected", [
@@ -61,37 +79,69 @@ def test_paren_spans_ignore_quoted_brackets():
     ('("(" x) y', '("(" x)'),   # brackets inside a string do not count
 ])
 def test_cut_middle(generated, expected):
-    assert G.cut_middle(generated) == expected
+    assert F.cut_middle(generated) == expected
+    end = F.balance_point(generated)  # None exactly when the text is kept whole
+    assert (end is None) == (expected == generated.lstrip())
+    if end is not None:
+        assert generated.lstrip()[:end] == expected
+
+
+def test_balance_point_is_found_in_the_shortest_prefix_that_reaches_it():
+    text = '  (a "(" (b c)) d)'
+    end = F.balance_point(text)
+    assert end == len('(a "(" (b c))')
+    assert all(F.balance_point(text[:k]) is None for k in range(len(text)) if k < 2 + end)
+    assert all(F.balance_point(text[:k]) == end for k in range(2 + end, len(text) + 1))
 
 
 def test_split_is_by_game():
-    train, held = G.split_games(list(BUNDLED), ["hex", "yavalax"])
+    train, held = F.split_games(list(BUNDLED), ["hex", "yavalax"])
     assert held == ["hex", "yavalax"] and not set(train) & set(held) and len(train) == 15
     with pytest.raises(ValueError, match="unknown held-out games"):
-        G.split_games(list(BUNDLED), ["chess"])
+        F.split_games(list(BUNDLED), ["chess"])
+
+
+def test_make_data_keeps_held_out_games_out_of_training_and_limits_middles():
+    data = F.make_data(["hex", "tic_tac_toe"], max_middle_chars=30)
+    assert {e.game for e in data.heldout} == {"hex", "tic_tac_toe"}
+    assert not {e.game for e in data.train} & {"hex", "tic_tac_toe"} and len(data.train_games) == 15
+    assert max(len(e.middle) for e in data.train + data.heldout) <= 30
+    everything = F.make_data(["hex", "tic_tac_toe"], max_middle_chars=0)
+    assert len(everything.train) > len(data.train)
+    assert len(everything.train) == sum(len(F.fim_examples(g, BUNDLED[g])) for g in everything.train_games)
+
+
+def test_no_games_module_imports_another_experiment():
+    folder = Path(F.__file__).parent
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            for name in names:
+                assert "arithmetic" not in name and "sentiment" not in name, (path.name, name)
 
 
 def test_novelty_is_against_every_bundled_game():
-    assert not G.novel(BUNDLED["hex"]) and not G.novel(" \n" + BUNDLED["hex"])
-    assert G.novel(BUNDLED["hex"].replace("11", "9"))
+    assert not F.novel(BUNDLED["hex"]) and not F.novel(" \n" + BUNDLED["hex"])
+    assert F.novel(BUNDLED["hex"].replace("11", "9"))
 
 
 # ----------------------------------------------------------------------------- reward formula
 def test_playout_reward_formula():
     # tic-tac-toe's exact random-play shares: 58.5 / 28.8 / 12.7 %
-    r, b, c, d = G.playout_reward(585, 288, 127, 1000)
+    r, b, c, d = R.playout_reward(585, 288, 127, 1000)
     assert (b, c, d) == pytest.approx((1 - 0.297, 0.873, 0.873))
     assert r == pytest.approx((0.703 ** (1 / 3) + 2 * 0.873 ** (1 / 3)) / 3)
-    assert G.playout_reward(50, 50, 0, 100)[0] == 1.0            # balanced, always decided
-    assert G.playout_reward(100, 0, 0, 100)[0] == pytest.approx(2 / 3)  # one-sided
-    assert G.playout_reward(0, 0, 100, 100)[0] == pytest.approx(1 / 3)  # always a draw
-    assert G.playout_reward(0, 0, 0, 100)[0] == pytest.approx(2 / 3)    # never ends within the limit
-    assert G.REWARD_NOT_PLAYABLE == 0.05 and G.REWARD_TIMEOUT == 0.03 and G.REWARD_FAILURE == 0.01
+    assert R.playout_reward(50, 50, 0, 100)[0] == 1.0            # balanced, always decided
+    assert R.playout_reward(100, 0, 0, 100)[0] == pytest.approx(2 / 3)  # one-sided
+    assert R.playout_reward(0, 0, 100, 100)[0] == pytest.approx(1 / 3)  # always a draw
+    assert R.playout_reward(0, 0, 0, 100)[0] == pytest.approx(2 / 3)    # never ends within the limit
+    assert R.REWARD_NOT_PLAYABLE == 0.05 and R.REWARD_TIMEOUT == 0.03 and R.REWARD_FAILURE == 0.01
 
 
 # ----------------------------------------------------------------------------- engine (in process)
 GARBAGE = ["", " ", "garbage", "(", ")", "(game", "(game)", '(game "x" (players 2))', "((((((((((",
-           "\x00\xff漢", BUNDLED["tic_tac_toe"].replace("(", "")]
+           "\x00\xff漢", "\ud800", BUNDLED["tic_tac_toe"].replace("(", "")]  # a lone surrogate too
 
 
 def test_garbage_empty_and_truncated_get_zero_without_raising():
@@ -100,7 +150,7 @@ def test_garbage_empty_and_truncated_get_zero_without_raising():
     rng = random.Random(0)
     shuffled = ["".join(rng.sample(text, len(text))) for _ in range(3)]
     for d in GARBAGE + truncated + shuffled:
-        r = G.evaluate_in_process(d, n_playouts=4, max_turns=20)
+        r = R.evaluate_in_process(d, n_playouts=4, max_turns=20)
         assert r.status == "no_compile" and r.reward == 0.0 and r.error, repr(d)
 
 
@@ -108,18 +158,18 @@ def test_compiles_but_not_playable_gets_005():
     no_player = BUNDLED["gridworld"].replace('(place "player" P1 (0)) ', "")
     full = BUNDLED["tic_tac_toe"].replace("(rules (play", '(rules (start (place "token" P1 (0 1 2 3 4 5 6 7 8))) (play')
     for d in (no_player, full):
-        r = G.evaluate_in_process(d, n_playouts=4, max_turns=20)
+        r = R.evaluate_in_process(d, n_playouts=4, max_turns=20)
         assert r.status == "not_playable" and r.reward == 0.05 and "no legal action" in r.error
 
 
 def test_tic_tac_toe_random_play_matches_the_known_shares():
     n = 4000
-    r = G.evaluate_in_process(BUNDLED["tic_tac_toe"], n_playouts=n, max_turns=20, seed=1)
+    r = R.evaluate_in_process(BUNDLED["tic_tac_toe"], n_playouts=n, max_turns=20, seed=1)
     assert r.status == "playable" and r.unfinished == 0 and 5 <= r.mean_length <= 9
     for observed, p in ((r.p1_wins, 0.585), (r.p2_wins, 0.288), (r.draws, 0.127)):
         se = math.sqrt(p * (1 - p) / n)
         assert abs(observed / n - p) < 4 * se, (observed / n, p)
-    assert r.reward == pytest.approx(G.playout_reward(r.p1_wins, r.p2_wins, r.draws, n)[0])
+    assert r.reward == pytest.approx(R.playout_reward(r.p1_wins, r.p2_wins, r.draws, n)[0])
 
 
 def test_speedups_do_not_change_the_engine():
@@ -128,7 +178,7 @@ def test_speedups_do_not_change_the_engine():
     import ludax
     from ludax.game_info import GameInfoExtractor
 
-    G._prepare_ludax()
+    R._prepare_ludax()
     tree = Lark(ludax.grammar, start="game").parse(BUNDLED["tic_tac_toe"])
     info, _ = GameInfoExtractor()(tree)
     memo = ludax.utils._get_adjacency_lookup
@@ -140,7 +190,7 @@ def test_a_valid_game_still_builds_after_many_others_in_the_same_process():
     # a few games with differently named pieces and wolf_and_sheep fails ("pop from empty list").
     from ludax import LudaxEnvironment
 
-    G._prepare_ludax()
+    R._prepare_ludax()
     for name in list(BUNDLED) + ["wolf_and_sheep", "english_draughts"]:
         env = LudaxEnvironment(game_str=BUNDLED[name])
         assert set(env.rendering_info.piece_shape_mapping) == set(env.game_info.piece_names), name
@@ -149,7 +199,7 @@ def test_a_valid_game_still_builds_after_many_others_in_the_same_process():
 # ----------------------------------------------------------------------------- engine (workers)
 @pytest.fixture(scope="module")
 def rewarder():
-    with G.GameRewarder(workers=2, timeout=600, n_playouts=16, max_turns=150) as r:
+    with GameRewarder(workers=2, timeout=600, n_playouts=16, max_turns=150) as r:
         yield r
 
 
@@ -173,7 +223,7 @@ def test_batch_mixes_garbage_and_games_and_deduplicates(rewarder):
 
 
 def test_slow_game_hits_the_timeout_and_the_rewarder_recovers():
-    with G.GameRewarder(workers=1, timeout=1.0, n_playouts=256, max_turns=500) as r:
+    with GameRewarder(workers=1, timeout=1.0, n_playouts=256, max_turns=500) as r:
         t = time.time()
         slow = r.evaluate([BUNDLED["english_draughts"]])[0]
         assert slow.status == "timeout" and slow.reward == 0.03 and time.time() - t < 30
@@ -182,7 +232,7 @@ def test_slow_game_hits_the_timeout_and_the_rewarder_recovers():
 
 
 def test_a_dying_worker_gives_001_and_the_rewarder_recovers():
-    with G.GameRewarder(workers=1, timeout=600, n_playouts=256, max_turns=500) as r:
+    with GameRewarder(workers=1, timeout=600, n_playouts=256, max_turns=500) as r:
         out = {}
         th = threading.Thread(target=lambda: out.update(res=r.evaluate([BUNDLED["english_draughts_hex"]])[0]))
         th.start()
@@ -198,135 +248,191 @@ def test_a_dying_worker_gives_001_and_the_rewarder_recovers():
 
 def test_cache_file_survives_a_new_rewarder(tmp_path):
     path = tmp_path / "rewards.jsonl"
-    with G.GameRewarder(workers=0, n_playouts=4, max_turns=20, cache_path=path) as r:
+    with GameRewarder(workers=0, n_playouts=4, max_turns=20, cache_path=path) as r:
         first = r.evaluate(["garbage", BUNDLED["tic_tac_toe"]])
-    with G.GameRewarder(workers=0, n_playouts=4, max_turns=20, cache_path=path) as r:
+    with GameRewarder(workers=0, n_playouts=4, max_turns=20, cache_path=path) as r:
         second = r.evaluate(["garbage", BUNDLED["tic_tac_toe"]])
         assert all(x.cached for x in second) and [x.reward for x in second] == [x.reward for x in first]
-    with G.GameRewarder(workers=0, n_playouts=5, max_turns=20, cache_path=path) as r:  # other settings: a miss
+    with GameRewarder(workers=0, n_playouts=5, max_turns=20, cache_path=path) as r:  # other settings: a miss
         assert not r.evaluate(["garbage"])[0].cached
 
 
-# ----------------------------------------------------------------------------- LM glue
-def test_tokenizer_keeps_brackets_single_and_round_trips():
-    from rlformal_utils import games_lm as L
+def test_reward_cache_key_changes_with_the_reward_version(monkeypatch, tmp_path):
+    """A changed reward must never reuse old cached scores: the code version is part of the key."""
+    with GameRewarder(workers=0, n_playouts=4, max_turns=10, cache_path=tmp_path / "r.jsonl") as r:
+        before = r.key(BUNDLED["tic_tac_toe"])
+        assert r.key(BUNDLED["tic_tac_toe"]) == before and r.key(BUNDLED["hex"]) != before
+        monkeypatch.setattr(R, "REWARD_VERSION", R.REWARD_VERSION + 1)
+        assert r.key(BUNDLED["tic_tac_toe"]) != before
 
-    tok = L.train_tokenizer(list(BUNDLED.values()), vocab_size=400)
+
+def test_the_default_reward_cache_follows_rlformal_cache(monkeypatch, tmp_path):
+    from rlformal_utils import runs
+    from rlformal_utils.games.rewarder import reward_cache_path
+    monkeypatch.setattr(runs, "CACHE_DIR", tmp_path)
+    assert reward_cache_path() == tmp_path / "games-rewards.jsonl"
+
+
+# ----------------------------------------------------------------------------- the LM: tokenizer and the bracket cut
+@pytest.fixture(scope="module")
+def game_tokenizer():
+    return L.train_tokenizer(list(BUNDLED.values()), vocab_size=400)
+
+
+@pytest.fixture(scope="module")
+def merging_tokenizer():
+    """A plain byte-level BPE, like a pretrained model's: it merges runs such as ")))" into one token."""
+    from rlformal_utils.pretrain import train_bpe_tokenizer
+    return train_bpe_tokenizer(list(BUNDLED.values()), 600)
+
+
+def test_tokenizer_keeps_brackets_single_and_round_trips(game_tokenizer):
+    tok = game_tokenizer
     for t in tok.get_vocab():
         assert not ("(" in t or ")" in t) or t in ("(", "Ġ(", ")"), t
-    ex = G.fim_examples("hex", BUNDLED["hex"])[3]
+    ex = F.fim_examples("hex", BUNDLED["hex"])[3]
     ids, mask = L.encode_example(tok, ex)
     assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
     assert tok.decode(ids[1:-1]) == ex.prompt + ex.middle
     assert tok.decode([i for i, m in zip(ids, mask) if m][:-1]) == ex.middle
-    delta = L.bracket_deltas(tok)
     mid = tok(ex.middle + ") (x y)", add_special_tokens=False)["input_ids"]
-    assert tok.decode(mid[:L.cut_index(mid, delta, tok.eos_token_id)]) == ex.middle
+    keep, middle = L.cut_generation(tok, mid)
+    assert middle == ex.middle and tok.decode(mid[:keep]) == ex.middle  # single brackets: an exact cut
 
 
 def test_prompt_window_shows_only_the_local_context():
-    ex = G.FimExample("g", prefix="(game (a b) (c ", middle="(d e)", suffix=") (f g))", depth=2)
+    ex = F.FimExample("g", prefix="(game (a b) (c ", middle="(d e)", suffix=") (f g))", depth=2)
     assert ex.prompt_window(0) == ex.prompt
     assert ex.prompt_window(5) == "### PRE: ) (c  ### SUF: ) (f  ### MID:"  # last / first 5 characters
     assert ex.prompt_window(1000) == ex.prompt  # a window wider than the game is the whole game
     assert ex.rebuild("(x)") == "(game (a b) (c (x)) (f g))"  # the rebuild always uses all of it
 
 
-def test_bracket_deltas_count_brackets_in_any_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from rlformal_utils import games_lm as L
-
-    ours = L.train_tokenizer(list(BUNDLED.values()), vocab_size=400)
-    delta = L.bracket_deltas(ours)
-    expected = {ours.convert_tokens_to_ids(t): d for t, d in (("(", 1), ("Ġ(", 1), (")", -1))}
-    assert {i: int(d) for i, d in enumerate(delta) if d} == expected
-
-    # a plain byte-level BPE (like a pretrained model's) merges runs such as "))" into one token
-    raw = Tokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.decoder = decoders.ByteLevel()
-    raw.train_from_iterator(list(BUNDLED.values()), trainers.BpeTrainer(
-        vocab_size=600, special_tokens=["[EOS]"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
-    merged = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="[EOS]")
-    delta = L.bracket_deltas(merged)
-    closing = merged.convert_tokens_to_ids("))")
-    assert closing != merged.unk_token_id and int(delta[closing]) == -2
-    ids = merged("(a (b c)) (tail)", add_special_tokens=False)["input_ids"]
-    kept = merged.decode(ids[:L.cut_index(ids, delta, merged.eos_token_id)])
-    assert kept.startswith("(a (b c))") and G.cut_middle(kept) == "(a (b c))"
+def _old_token_cut(tokenizer, ids):
+    """The cut this project used before: per-token bracket counts, a token that overshoots dropped."""
+    depth = 0
+    for i, t in enumerate(ids):
+        piece = tokenizer.convert_ids_to_tokens(t)
+        delta = piece.count("(") - piece.count(")")
+        depth += delta
+        if depth < 0:
+            return i
+        if depth == 0 and delta:
+            return i + 1
+    return len(ids)
 
 
-def test_generate_middles_cuts_where_brackets_balance():
+@pytest.mark.parametrize("text, middle", [
+    ("(a (b c))) (tail)", "(a (b c))"),        # ")))" closes one bracket more than is open
+    ("(mover win))) (x)", "(mover win)"),       # ")))" closes two more
+    ("(sites (row 0))) (play", "(sites (row 0))"),
+])
+def test_cut_by_characters_keeps_a_merged_closing_token(merging_tokenizer, text, middle):
+    tok = merging_tokenizer
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert ")))" in tok.convert_ids_to_tokens(ids)  # the tokenizer really merges the brackets
+    keep, got = L.cut_generation(tok, ids)
+    assert got == middle and tok.convert_ids_to_tokens(ids[keep - 1]) == ")))"
+    assert tok.decode(ids[:keep]).startswith(middle) and F.balance_point(tok.decode(ids[:keep - 1])) is None
+    assert F.cut_middle(tok.decode(ids[:_old_token_cut(tok, ids)])) != middle  # the old cut lost the ")"
+
+
+def test_cut_stops_at_eos_and_keeps_at_least_one_token(game_tokenizer):
+    tok = game_tokenizer
+    ids = tok("(a (b", add_special_tokens=False)["input_ids"]
+    assert L.cut_generation(tok, ids + [tok.eos_token_id] + ids) == (len(ids), "(a (b")  # never past [EOS]
+    assert L.cut_generation(tok, [tok.eos_token_id, *ids]) == (1, "")                  # PPO needs a response
+    assert L.cut_generation(tok, ids) == (len(ids), "(a (b")                            # never balances: all of it
+
+
+def test_stopping_rule_stops_at_the_merged_token(merging_tokenizer):
     import torch
-    from rlformal_utils import games_lm as L
+    tok = merging_tokenizer
+    prompt = tok("### MID:", add_special_tokens=False)["input_ids"]
+    gen = tok("(a (b c))) (tail)", add_special_tokens=False)["input_ids"]
+    stop = L._BalancedStop(tok, len(prompt))
+    merged = tok.convert_ids_to_tokens(gen).index(")))")
+    decisions = [bool(stop(torch.tensor([prompt + gen[:k]]), None)[0]) for k in range(1, len(gen) + 1)]
+    assert decisions == [k > merged for k in range(1, len(gen) + 1)]
+
+
+def test_generate_middles_cuts_where_brackets_balance(game_tokenizer, merging_tokenizer):
+    import torch
     from rlformal_utils.pretrain import build_gpt2
 
-    tok = L.train_tokenizer(list(BUNDLED.values()), vocab_size=400)
-    model = build_gpt2("tiny", tok, n_positions=512, seed=0).eval()
-    examples = G.fim_examples("tic_tac_toe", BUNDLED["tic_tac_toe"])[:6]
-    torch.manual_seed(0)
-    out = L.generate_middles(model, tok, [L.encode_prompt(tok, e) for e in examples], max_new_tokens=24)
-    delta = L.bracket_deltas(tok)
-    for o in out:
-        assert len(o["ids"]) >= 1 and len(o["raw_ids"]) <= 24
-        assert o["middle"] == G.cut_middle(o["middle"])
-        depth = delta[o["ids"]].cumsum(0)
-        assert (depth >= 0).all() or len(o["ids"]) == 1
+    for tok in (game_tokenizer, merging_tokenizer):
+        model = build_gpt2("tiny", tok, n_positions=512, seed=0).eval()
+        examples = F.fim_examples("tic_tac_toe", BUNDLED["tic_tac_toe"])[:6]
+        torch.manual_seed(0)
+        out = L.generate_middles(model, tok, [L.encode_prompt(tok, e) for e in examples], max_new_tokens=24)
+        assert len(out) == 6
+        for o in out:
+            raw, kept = o["raw_ids"], o["ids"].tolist()
+            assert 1 <= len(kept) <= len(raw) <= 24 and raw[:len(kept)] == kept
+            keep, middle = L.cut_generation(tok, raw)
+            assert kept == raw[:keep] and o["middle"] == middle == F.cut_middle(middle)
+            if F.balance_point(tok.decode(kept)) is not None:  # balanced: the last kept token reached it
+                assert F.balance_point(tok.decode(kept[:-1])) is None
 
 
-# ----------------------------------------------------------------------------- notebook
-def test_games_notebook_runs_through_papermill_with_a_tiny_budget(tmp_path):
-    from rlformal_utils.runs import REPO_ROOT
+# ----------------------------------------------------------------------------- evaluation and tables
+class _FixedRewarder:
+    """Scores a description by a lookup, as the tests of the summaries need no engine."""
 
-    nb = REPO_ROOT / "notebooks" / "games.ipynb"
-    import json
-    import subprocess
-    import sys
+    def __init__(self, statuses: dict):
+        self.statuses = statuses
 
-    from rlformal_utils.runner import games_runs
-
-    params = dict(games_runs("smoke")[0].params, output_dir=str(tmp_path / "run"), torch_threads=1)
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, "-m", "papermill", str(nb), str(tmp_path / "out.ipynb"), "--cwd", str(nb.parent),
-           "--no-progress-bar", "-y", json.dumps(params)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    for f in ("config.json", "metrics.csv", "summary.json", "samples.jsonl"):
-        assert (tmp_path / "run" / f).exists(), f
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    for arm in ("sft", "ppo", "original"):
-        assert 0 <= summary["heldout"][arm]["compile_share"] <= 1
+    def evaluate(self, games):
+        values = {"playable": 0.9, "not_playable": 0.05, "no_compile": 0.0}
+        return [R.GameResult(self.statuses.get(g, "no_compile"), values[self.statuses.get(g, "no_compile")])
+                for g in games]
 
 
-@pytest.mark.parametrize("bad, error", [
-    (dict(heldout_games=["chess"]), "ParameterError"),
-    (dict(context_chars=-1), "ParameterError"),
-    (dict(model_size="no-such-org/no-such-model"), "OfflineError"),  # a hub id, offline: fails at once
-])
-def test_games_notebook_rejects_a_bad_parameter_before_any_work(tmp_path, bad, error):
-    import json
-    import subprocess
-    import sys
-
-    from rlformal_utils.runs import REPO_ROOT
-
-    nb = REPO_ROOT / "notebooks" / "games.ipynb"
-    params = dict(output_dir=str(tmp_path / "run"), **bad)
-    cmd = [sys.executable, "-m", "papermill", str(nb), str(tmp_path / "out.ipynb"), "--cwd", str(nb.parent),
-           "--no-progress-bar", "-y", json.dumps(params)]
-    proc = subprocess.run(cmd, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0
-    assert error in proc.stderr and next(iter(bad)) in proc.stderr
-    assert not (tmp_path / "run").exists()  # stopped before writing anything
+def test_score_middles_counts_compiles_playable_copies_and_novel_games():
+    ex = F.fim_examples("hex", BUNDLED["hex"])[:4]
+    middles = [ex[0].middle, "(x)", "(y)", "(y)"]
+    games = [e.rebuild(m) for e, m in zip(ex, middles)]
+    rewarder = _FixedRewarder({games[0]: "playable", games[1]: "not_playable", games[2]: "playable",
+                               games[3]: "playable"})
+    summary, rows = E.score_middles(rewarder, ex, middles, set(BUNDLED.values()))
+    assert summary == dict(n=4, compile_share=1.0, playable_share=0.75, mean_reward=pytest.approx((0.9 * 3 + 0.05) / 4),
+                           exact_share=0.25, novel_playable_share=0.5, novel_playable_games=2)
+    assert [r["novel"] for r in rows] == [False, False, True, True]  # the copy rebuilds hex itself
 
 
-def test_reward_cache_key_changes_with_the_reward_version(monkeypatch, tmp_path):
-    """A changed reward must never reuse old cached scores: the code version is part of the key."""
-    with G.GameRewarder(workers=0, n_playouts=4, max_turns=10, cache_path=tmp_path / "r.jsonl") as r:
-        before = r.key(BUNDLED["tic_tac_toe"])
-        assert r.key(BUNDLED["tic_tac_toe"]) == before and r.key(BUNDLED["hex"]) != before
-        monkeypatch.setattr(G, "REWARD_VERSION", G.REWARD_VERSION + 1)
-        assert r.key(BUNDLED["tic_tac_toe"]) != before
+def _summary(sft_playable, ppo_playable, seed=0):
+    arm = lambda p: dict(n=48, compile_share=p, playable_share=p, mean_reward=p / 2, exact_share=0.1,
+                         novel_playable_share=0.0, novel_playable_games=1)
+    return dict(config=dict(seed=seed, ppo_steps=80), n_ppo_prompts=120, seconds_per_step=12.0,
+                heldout=dict(original=arm(1.0), sft=arm(sft_playable), ppo=arm(ppo_playable)))
+
+
+def test_run_result_states_the_run_from_its_own_numbers():
+    text = E.run_result(_summary(0.125, 0.25), [0.1, 0.2, 0.2, 0.3, 0.3, 0.3])
+    assert "PPO wrote more playable games than the SFT model" in text
+    assert "playable 0.125 (SFT) -> 0.250 (PPO)" in text and "0.167 (mean of the first 3 steps) -> 0.300" in text
+    assert "fewer playable games" in E.run_result(_summary(0.25, 0.125), [])
+    assert "as many playable games as" in E.run_result(_summary(0.2, 0.2), [])
+
+
+def _heldout_frame():
+    rows = []
+    for seed, (sft, ppo) in enumerate([(0.1, 0.3), (0.2, 0.1)]):
+        for arm, p in (("original", 1.0), ("sft", sft), ("ppo", ppo)):
+            rows.append(dict(n=48, compile_share=p, playable_share=p, mean_reward=p, exact_share=0.0,
+                             novel_playable_share=0.0, novel_playable_games=seed + 1, run=f"r{seed}", seed=seed,
+                             arm=arm, ppo_steps=80, seconds_per_step=12.0, train_seconds=960.0))
+    return pd.DataFrame(rows)
+
+
+def test_tables_use_the_sample_sd_and_one_row_per_run():
+    heldout = _heldout_frame()
+    table = plots.summary_table(heldout).set_index("middles from")
+    assert table.loc["SFT model", "playable"] == "0.150 ± 0.071 (2)"  # ddof=1: sd of (0.1, 0.2) is 0.0707
+    assert table.loc["PPO model", "playable"] == "0.200 ± 0.141 (2)"
+    assert table.loc["PPO model", "novel playable games (sum)"] == 3
+    runs = plots.runs_table(heldout)
+    assert list(runs["run"]) == ["r0", "r1"] and list(runs["ppo_playable_share"]) == [0.3, 0.1]
+    metrics = pd.DataFrame([dict(run=f"r{s}", step=k, reward=0.1 * s + 0.01 * k) for s in (0, 1) for k in range(1, 41)])
+    text = plots.findings(heldout, metrics)
+    assert "seed 0: 0.100 -> 0.300, seed 1: 0.200 -> 0.100" in text and "above SFT in 1 of 2 seeds, below in 1" in text

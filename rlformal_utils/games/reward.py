@@ -1,0 +1,234 @@
+"""The paper's game reward on ludax: compile a description, play random playouts, score them.
+
+    0.00  the description does not parse or compile (building a ``LudaxEnvironment`` fails)
+    0.05  it compiles but cannot be played (no legal first move, or an engine error in play)
+    (B^(1/3) + C^(1/3) + D^(1/3)) / 3   otherwise, from N random-vs-random playouts of at most
+          ``max_turns`` actions: B = 1 - |wins_P1 - wins_P2| / N (balance), C = share of playouts
+          that end with a winner (completion), D = 1 - share of draws. A draw is a game that the
+          rules end without a single winner, or one where the mover has no legal action; a game
+          cut by the turn limit is neither a win nor a draw, so it lowers C only.
+    0.03  the evaluation did not finish within the timeout (compile + play; see ``rewarder.py``)
+    0.01  any other failure (the worker process died, e.g. out of memory)
+
+Every exception raised by the engine is caught, so the reward is total on any string. Each result
+reports the engine's compile cost (``build_seconds``: parse + rule compilation, ``jit_seconds``:
+XLA compilation of the playout loop) beside ``play_seconds``.
+
+``_prepare_ludax`` applies two speed-ups that change no result (the Lark parser is built once
+instead of once per game; ludax's board-adjacency tables, an eager per-cell loop that depends only
+on the board, are memoised per board geometry) and works around one ludax bug: its
+``RenderingInfo`` keeps the piece-to-shape map as a class attribute, shared by every game built in
+a process, so after a few games with differently named pieces the shapes run out and a valid game
+fails to build ("IndexError: pop from empty list"). Each build gets its own map here.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+# Part of every reward-cache key: bump it whenever the reward's computation changes, so that old
+# cached scores are never reused for a different reward.
+REWARD_VERSION = 3
+
+REWARD_NO_COMPILE = 0.0
+REWARD_NOT_PLAYABLE = 0.05
+REWARD_TIMEOUT = 0.03
+REWARD_FAILURE = 0.01
+STATUSES = ("no_compile", "not_playable", "playable", "timeout", "failure")
+
+
+def description_hash(description: str) -> str:
+    return hashlib.sha256(description.encode("utf-8", "surrogatepass")).hexdigest()[:20]  # any str, even a lone surrogate
+
+
+@dataclass
+class GameResult:
+    status: str
+    reward: float
+    hash: str = ""
+    error: str = ""
+    n_playouts: int = 0
+    p1_wins: int = 0
+    p2_wins: int = 0
+    draws: int = 0
+    unfinished: int = 0
+    balance: float = float("nan")
+    completion: float = float("nan")
+    decisiveness: float = float("nan")  # D = 1 - share of draws
+    mean_length: float = float("nan")
+    build_seconds: float = float("nan")
+    jit_seconds: float = float("nan")
+    play_seconds: float = float("nan")
+    seconds: float = float("nan")  # wall time of the whole evaluation
+    cached: bool = False
+
+    @property
+    def compiles(self) -> bool:
+        return self.status in ("not_playable", "playable")
+
+    @property
+    def playable(self) -> bool:
+        return self.status == "playable"
+
+
+def playout_reward(p1_wins: int, p2_wins: int, draws: int, n: int) -> tuple[float, float, float, float]:
+    """(reward, B, C, D) from playout counts; unfinished playouts are n - wins - draws."""
+    balance = 1.0 - abs(p1_wins - p2_wins) / n
+    completion = (p1_wins + p2_wins) / n
+    decisiveness = 1.0 - draws / n
+    reward = (balance ** (1 / 3) + completion ** (1 / 3) + decisiveness ** (1 / 3)) / 3
+    return reward, balance, completion, decisiveness
+
+
+_LUDAX_READY = False
+
+
+def _prepare_ludax() -> None:
+    """Import jax and ludax, apply the two result-neutral speed-ups and the shared-map fix (module doc)."""
+    global _LUDAX_READY
+    if _LUDAX_READY:
+        return
+    import functools
+
+    import ludax
+    import ludax.environment
+    import ludax.game_info
+    import ludax.utils
+    from lark import Lark
+
+    parsers: dict = {}
+
+    def cached_lark(grammar, **options):
+        key = (grammar, tuple(sorted(options.items())))
+        if key not in parsers:
+            parsers[key] = Lark(grammar, **options)
+        return parsers[key]
+
+    ludax.environment.Lark = cached_lark
+
+    extractor = ludax.game_info.GameInfoExtractor
+    if not hasattr(extractor.__init__, "original"):
+        original_init = extractor.__init__
+
+        @functools.wraps(original_init)
+        def init_with_own_maps(self):  # ludax shares these dicts between all games (class attributes)
+            original_init(self)
+            self.rendering_info.color_mapping = {"P1": "white", "P2": "black"}
+            self.rendering_info.piece_shape_mapping = {}
+
+        init_with_own_maps.original = original_init
+        extractor.__init__ = init_with_own_maps
+
+    def by_board(fn):
+        memo: dict = {}
+
+        @functools.wraps(fn)
+        def wrapper(game_info):
+            key = (game_info.board_shape, tuple(game_info.board_dims or ()), game_info.board_size,
+                   game_info.hex_diameter)
+            if key not in memo:
+                memo[key] = fn(game_info)
+            return memo[key]
+
+        wrapper.uncached = fn
+        return wrapper
+
+    for name in ("_get_adjacency_lookup", "_get_slide_lookup"):
+        fn = getattr(ludax.utils, name)
+        if not hasattr(fn, "uncached"):
+            setattr(ludax.utils, name, by_board(fn))
+    _LUDAX_READY = True
+
+
+def _playout_fn(env, n_playouts: int, max_turns: int):
+    """A jitted function key -> (winners, terminated, stuck, lengths) of random playouts."""
+    import jax
+    import jax.numpy as jnp
+
+    def play(key):
+        key, init_key = jax.random.split(key)
+        state = jax.vmap(env.init)(jax.random.split(init_key, n_playouts))
+        no_move = jnp.zeros(n_playouts, dtype=bool)
+
+        def finished(s, stuck):
+            return s.terminated | s.truncated | stuck
+
+        def cond(carry):
+            s, _, turn, stuck = carry
+            return (turn < max_turns) & ~finished(s, stuck).all()
+
+        def body(carry):
+            s, k, turn, stuck = carry
+            k, sub = jax.random.split(k)
+            stuck = stuck | (~s.legal_action_mask.any(-1) & ~finished(s, stuck))
+            done = finished(s, stuck)
+            logits = jnp.where(s.legal_action_mask, 0.0, -jnp.inf)
+            actions = jax.random.categorical(sub, logits, axis=-1).astype(jnp.int16)
+            stepped = jax.vmap(env.step)(s, actions)
+
+            def keep_done(new, old):
+                return jnp.where(jnp.reshape(done, done.shape + (1,) * (new.ndim - 1)), old, new)
+
+            return jax.tree_util.tree_map(keep_done, stepped, s), k, turn + 1, stuck
+
+        s, _, _, stuck = jax.lax.while_loop(cond, body, (state, key, 0, no_move))
+        return s.winners, s.terminated, stuck, s.global_step_count
+
+    return jax.jit(play)
+
+
+def _short(err: BaseException) -> str:
+    msg = " ".join(str(err).split())
+    return f"{type(err).__name__}: {msg[:300]}"
+
+
+def evaluate_in_process(description: str, n_playouts: int = 100, max_turns: int = 500,
+                        seed: int = 0) -> GameResult:
+    """Compile and play one description in this process (no timeout: see ``GameRewarder``)."""
+    t0 = time.perf_counter()
+    result = GameResult("no_compile", REWARD_NO_COMPILE, description_hash(description), n_playouts=n_playouts)
+    try:
+        _prepare_ludax()
+        import jax
+        import numpy as np
+        from ludax import LudaxEnvironment
+    except Exception as err:  # the engine itself is missing or broken
+        result.status, result.reward, result.error = "failure", REWARD_FAILURE, _short(err)
+        return result
+    try:
+        env = LudaxEnvironment(game_str=description)
+    except Exception as err:
+        result.error = _short(err)
+        result.build_seconds = result.seconds = time.perf_counter() - t0
+        return result
+    t1 = time.perf_counter()
+    result.build_seconds = t1 - t0
+    result.status, result.reward = "not_playable", REWARD_NOT_PLAYABLE
+    try:
+        first = env.init(jax.random.PRNGKey(seed))
+        if not bool(np.asarray(first.legal_action_mask).any()):
+            result.error = "no legal action in the initial position"
+            return result
+        compiled = _playout_fn(env, n_playouts, max_turns).lower(jax.random.PRNGKey(seed)).compile()
+        t2 = time.perf_counter()
+        result.jit_seconds = t2 - t1
+        winners, terminated, stuck, lengths = jax.block_until_ready(compiled(jax.random.PRNGKey(seed)))
+        result.play_seconds = time.perf_counter() - t2
+        winners, terminated, stuck = np.asarray(winners), np.asarray(terminated), np.asarray(stuck)
+    except Exception as err:
+        result.error = _short(err)
+        return result
+    finally:
+        result.seconds = time.perf_counter() - t0
+    p1 = (winners[:, 0] == 1) & (winners[:, 1] != 1)
+    p2 = (winners[:, 1] == 1) & (winners[:, 0] != 1)
+    ended = terminated | stuck
+    draws = ended & ~p1 & ~p2
+    result.p1_wins, result.p2_wins, result.draws = int(p1.sum()), int(p2.sum()), int(draws.sum())
+    result.unfinished = n_playouts - result.p1_wins - result.p2_wins - result.draws
+    result.mean_length = float(np.asarray(lengths).mean())
+    reward, result.balance, result.completion, result.decisiveness = playout_reward(
+        result.p1_wins, result.p2_wins, result.draws, n_playouts)
+    result.status, result.reward = "playable", float(reward)
+    return result
