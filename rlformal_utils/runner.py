@@ -227,13 +227,22 @@ def _append_log(path: Path, run: Run, ok: bool, seconds: float, jobs: int) -> No
 
 
 def _append_timing(path: Path, row: dict) -> None:
-    """One row per ``./run_all.sh`` that trained anything: what ran, on what, from what state, how long."""
+    """One row per ``./run_all.sh`` that trained anything: what ran, on what, from what state, how long.
+    A file written with fewer columns (an older runner) is rewritten with the union of the columns."""
+    import csv
     path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with open(path, "a") as f:
-        if new:
-            f.write(",".join(row) + "\n")
-        f.write(",".join(str(v) for v in row.values()) + "\n")
+    rows = list(csv.DictReader(path.open())) if path.exists() else []
+    columns = list(dict.fromkeys([c for r in rows[:1] for c in r] + list(row)))
+    if rows and list(rows[0]) == columns:
+        with open(path, "a", newline="") as f:
+            csv.DictWriter(f, columns).writerow(row)
+        return
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows + [row])
+    os.replace(tmp, path)
 
 
 def run_complete(run: Run, results: Path) -> bool:

@@ -232,3 +232,13 @@ def test_dry_run_counts_only_the_runs_left_to_do(tmp_path, capsys):
     assert f"{n} runs in arithmetic; 1 complete (skipped), {n - 1} to run" in out
     assert re.search(rf"^  arithmetic +{n} +{n - 1} ", out, re.M)
     assert f"  arithmetic/{done.name}\n" not in out
+
+
+def test_timings_rows_from_an_older_runner_are_kept_when_columns_are_added(tmp_path):
+    from rlformal_utils.runner import _append_timing
+    path = tmp_path / "timings.csv"
+    path.write_text("profile,wall_seconds\nquick,10.5\n")          # written before the executor column existed
+    _append_timing(path, dict(profile="smoke", wall_seconds=2.0, executor="local"))
+    _append_timing(path, dict(profile="smoke", wall_seconds=3.0, executor="dask-local"))
+    assert path.read_text().splitlines() == ["profile,wall_seconds,executor", "quick,10.5,",
+                                             "smoke,2.0,local", "smoke,3.0,dask-local"]
