@@ -34,28 +34,7 @@ def set_seed(seed: int) -> None:
 
 # ----------------------------------------------------------------------------- parameters
 class ParameterError(ValueError):
-    """A notebook parameter has a value that is not allowed."""
-
-
-def check_choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ParameterError(f"parameter {name}={value!r} is not allowed; choose one of {list(allowed)}")
-
-
-def check_int(name: str, value, low: int | None = None, high: int | None = None) -> None:
-    ok = isinstance(value, int) and not isinstance(value, bool)
-    ok = ok and (low is None or value >= low) and (high is None or value <= high)
-    if not ok:
-        raise ParameterError(f"parameter {name}={value!r} must be an integer in "
-                             f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]")
-
-
-def check_float(name: str, value, low: float | None = None, high: float | None = None) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
-    ok = ok and (low is None or value >= low) and (high is None or value <= high)
-    if not ok:
-        raise ParameterError(f"parameter {name}={value!r} must be a number in "
-                             f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]")
+    """A notebook parameter has a value that is not allowed (checked by ``rlformal_utils.params``)."""
 
 
 # ----------------------------------------------------------------------------- atomic files
