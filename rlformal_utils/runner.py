@@ -245,6 +245,24 @@ def _append_timing(path: Path, row: dict) -> None:
     os.replace(tmp, path)
 
 
+def timings_table(results_dir: Path) -> str:
+    """``timings.csv`` as a Markdown table (the README's timings are pasted from it)."""
+    import csv
+    path = Path(results_dir) / "timings.csv"
+    if not path.exists():
+        return f"no {path} yet: it gets one row per ./run_all.sh that trains"
+    rows = list(csv.DictReader(path.open()))
+    cols = ["profile", "experiments", "runs", "executor", "jobs", "threads_per_job", "cpu_count",
+            "load_average_start", "cache_empty", "failed", "wall_seconds"]
+    cols = [c for c in cols if c in rows[0]] if rows else cols
+    out = ["| " + " | ".join(c.replace("_", " ") for c in cols) + " | wall minutes |",
+           "|" + "---|" * (len(cols) + 1)]
+    for r in rows:
+        minutes = f"{float(r['wall_seconds']) / 60:.1f}" if r.get("wall_seconds") else ""
+        out.append("| " + " | ".join(r.get(c, "") for c in cols) + f" | {minutes} |")
+    return "\n".join(out)
+
+
 def run_complete(run: Run, results: Path) -> bool:
     d = run.out_dir(results)
     return is_complete(d) and (d / f"{run.experiment}.ipynb").exists()
@@ -345,9 +363,14 @@ def main(argv=None) -> int:
                          "workers here (default: local processes)")
     ap.add_argument("--results-dir", type=Path, help="default: results/ (quick) or results/<profile>/")
     ap.add_argument("--figures-dir", type=Path, help="default: figures/ (quick) or figures/<profile>/")
+    ap.add_argument("--timings", action="store_true",
+                    help="print results/timings.csv (one row per ./run_all.sh that trained) as the README's table and exit")
     args = ap.parse_args(argv)
     if args.jobs < 1:
         ap.error("--jobs must be >= 1")
+    if args.timings:
+        print(timings_table(args.results_dir or REPO_ROOT / "results" / ("" if args.profile == "quick" else args.profile)))
+        return 0
 
     sub = "" if args.profile == "quick" else args.profile
     results = (args.results_dir or REPO_ROOT / "results" / sub).resolve()

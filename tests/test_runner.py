@@ -242,3 +242,11 @@ def test_timings_rows_from_an_older_runner_are_kept_when_columns_are_added(tmp_p
     _append_timing(path, dict(profile="smoke", wall_seconds=3.0, executor="dask-local"))
     assert path.read_text().splitlines() == ["profile,wall_seconds,executor", "quick,10.5,",
                                              "smoke,2.0,local", "smoke,3.0,dask-local"]
+
+
+def test_the_timings_table_is_drawn_from_timings_csv(tmp_path):
+    from rlformal_utils.runner import timings_table
+    (tmp_path / "timings.csv").write_text("profile,experiments,runs,jobs,wall_seconds\nquick,games,2,2,1145.2\n")
+    lines = timings_table(tmp_path).splitlines()
+    assert lines[0] == "| profile | experiments | runs | jobs | wall seconds | wall minutes |"
+    assert lines[2] == "| quick | games | 2 | 2 | 1145.2 | 19.1 |" and len(lines) == 3
