@@ -36,6 +36,7 @@ class EntropyPPOTrainer(PPOTrainer):
         self.entropy_positions = entropy_positions
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # "PPOTrainer is deprecated": we pin 0.11.4 on purpose
+            warnings.filterwarnings("ignore", message="No dataset is provided")  # we hand it every batch ourselves
             super().__init__(*args, **kwargs)
 
     def loss(self, old_logprobs, values, logits, vpreds, logprobs, mask, advantages, returns):

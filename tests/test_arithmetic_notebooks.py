@@ -96,8 +96,10 @@ def test_same_seed_same_numbers(tmp_path):
 @pytest.mark.parametrize("algorithm, engine", [("ppo", "trl"), ("supervised", "fast"), ("none", "fast")])
 def test_other_algorithms_and_the_trl_engine_run(tmp_path, algorithm, engine):
     out = tmp_path / "run"
-    run_notebook("arithmetic.ipynb", tmp_path / "x.ipynb", output_dir=str(out),
-                 **dict(TINY, algorithm=algorithm, engine=engine, steps=3))
+    nb = run_notebook("arithmetic.ipynb", tmp_path / "x.ipynb", output_dir=str(out),
+                      **dict(TINY, algorithm=algorithm, engine=engine, steps=3))
+    warnings = [o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.get("name") == "stderr"]
+    assert not warnings, warnings  # JupyterLab would show each as a pink box
     m, summary = _metrics(out), json.loads((out / "summary.json").read_text())
     expected_steps = 0 if algorithm == "none" else 3
     assert m["step"].max() == expected_steps and summary["answers_seen"] == expected_steps * 8

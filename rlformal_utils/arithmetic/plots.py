@@ -129,8 +129,11 @@ def run_figure(metrics: pd.DataFrame, summary: dict):
         ax2.set(ylim=(0, 1), ylabel="max p̄ (share of the top answer)")
         ax2.grid(False)
         ax2.legend(loc="upper right")
+        ax[1].legend(loc="upper left")
+    else:
+        ax[1].text(0.5, 0.5, "no training batches\n(the base model is only evaluated)", ha="center", va="center",
+                   transform=ax[1].transAxes)
     ax[1].set(xscale="log", xlabel="answers seen", title="the answer distribution on training batches")
-    ax[1].legend(loc="upper left")
     _histogram(ax[2], summary)
     fig.tight_layout()
     return fig
