@@ -1,8 +1,23 @@
-"""Fixtures shared by the trainer tests: the arithmetic tokenizer and a tiny untrained GPT-2 on disk."""
+"""Shared by every test: an isolated, offline environment (models and rewards cached in a temporary
+folder, never the repository's .cache), the arithmetic tokenizer and a tiny untrained GPT-2 on disk."""
 import pytest
 
 from rlformal_utils.arithmetic import task
 from rlformal_utils.pretrain import build_gpt2
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Session-wide, so that module-scoped fixtures (e.g. reward workers) and every notebook kernel
+    and runner subprocess see it too."""
+    from rlformal_utils import runs
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RLFORMAL_CACHE", str(cache))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("RLFORMAL_PROGRESS", "lines")
+        mp.setattr(runs, "CACHE_DIR", cache)
+        yield cache
 
 
 @pytest.fixture(scope="session")

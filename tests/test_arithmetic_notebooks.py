@@ -11,24 +11,13 @@ import pandas as pd
 import papermill as pm
 import pytest
 
+from notebook_runs import run_notebook
 from rlformal_utils.arithmetic.params import PARAMS
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
 TINY = dict(model_size="tiny", pretrain_examples=32, steps=6, prompts_per_step=8, k=4, n_heldout=16, n_evals=3)
 TIMING = {"wall_seconds", "cpu_seconds", "train_seconds", "train_cpu_seconds"}
-
-
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("RLFORMAL_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("RLFORMAL_PROGRESS", "lines")
-
-
-def run_notebook(name, out, **params):
-    return pm.execute_notebook(str(NOTEBOOKS / name), str(out), parameters=params, cwd=str(NOTEBOOKS),
-                               progress_bar=False, start_timeout=300)
 
 
 def test_source_notebooks_are_committed_without_outputs():

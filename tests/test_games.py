@@ -25,13 +25,6 @@ from rlformal_utils.games.rewarder import GameRewarder
 BUNDLED = F.bundled_games()
 
 
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path_factory, monkeypatch):
-    """Nothing here writes into the repository's .cache (models, rewards, jax)."""
-    from rlformal_utils import runs
-    cache = tmp_path_factory.getbasetemp() / "cache"
-    monkeypatch.setenv("RLFORMAL_CACHE", str(cache))
-    monkeypatch.setattr(runs, "CACHE_DIR", cache)
 TWO_PLAYER = [n for n, d in BUNDLED.items() if "(players 2" in d]
 
 

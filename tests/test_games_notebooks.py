@@ -24,13 +24,6 @@ TIMING = {"time_generate", "time_reward", "time_ppo_step", "train_seconds", "sec
 BOOKKEEPING = {"reward_cache_hits", "reward_stats"}  # the second run finds every game in the reward cache
 
 
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("RLFORMAL_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("RLFORMAL_PROGRESS", "lines")
-
-
 # ----------------------------------------------------------------------------- the declaration
 def test_the_games_declaration_is_consistent():
     names = [p.name for p in P.PARAMS]

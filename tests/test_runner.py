@@ -25,12 +25,6 @@ TIMINGS_COLUMNS = ["profile", "experiments", "runs", "jobs", "threads_per_job", 
                    "wall_seconds", "cache_empty", "failed", "executor"]
 
 
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("RLFORMAL_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
 def runner_cmd(results, *args, runs=(GROUP, PPO)):
     return [sys.executable, "-m", "rlformal_utils.runner", "--profile", "smoke", "--only", "arithmetic", "--jobs", "2",
             "--results-dir", str(results), "--no-figures", "--runs", *runs, *args]

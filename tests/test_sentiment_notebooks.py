@@ -11,6 +11,7 @@ import pandas as pd
 import papermill as pm
 import pytest
 
+from notebook_runs import run_notebook
 from rlformal_utils.runner import sentiment_runs
 from rlformal_utils.sentiment import distinct_n
 from rlformal_utils.sentiment.params import PARAMS
@@ -20,21 +21,6 @@ NOTEBOOKS = REPO / "notebooks"
 SMOKE = dict(sentiment_runs("smoke")[0].params, eval_every=1, format_probe_prompts=4)
 TIMING_COLUMNS = {"time_generate", "time_reward", "time_ppo_step"}                  # metrics.csv
 TIMING_KEYS = {"timings", "train_seconds", "seconds_per_step", "notebook_seconds"}  # summary.json
-
-
-@pytest.fixture(scope="module", autouse=True)
-def isolated(tmp_path_factory):
-    """Every kernel builds its models (classifier, rt-gpt2, review bank) in a temporary cache, offline."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RLFORMAL_CACHE", str(tmp_path_factory.mktemp("sentiment-cache")))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("RLFORMAL_PROGRESS", "lines")
-        yield
-
-
-def run_notebook(name, out, **params):
-    return pm.execute_notebook(str(NOTEBOOKS / name), str(out), parameters=params, cwd=str(NOTEBOOKS),
-                               progress_bar=False, start_timeout=300)
 
 
 def outputs_text(nb, cells=None) -> str:
