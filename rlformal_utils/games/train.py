@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import random
 import time
-import warnings
 
 import torch
 
@@ -25,13 +24,11 @@ def make_trainer(config: dict, sft_dir, tokenizer):
     seeds everything first, so the run's sampling does not depend on what ran before."""
     c = config
     set_seed(c["seed"])
-    with warnings.catch_warnings():  # trl: "No dataset is provided" (we hand it the batches ourselves)
-        warnings.filterwarnings("ignore", message="No dataset is provided")
-        return make_ppo_trainer(str(sft_dir), tokenizer, learning_rate=c["ppo_lr"], batch_size=c["ppo_batch_size"],
-                                mini_batch_size=c["ppo_mini_batch_size"], ppo_epochs=c["ppo_epochs"],
-                                kl_mode=c["kl_mode"], kl_coef=c["kl_coef"], adaptive_kl=c["adaptive_kl"],
-                                token_entropy_coef=c["token_entropy_coef"],
-                                batch_entropy_coef=c["batch_entropy_coef"], seed=c["seed"])
+    return make_ppo_trainer(str(sft_dir), tokenizer, learning_rate=c["ppo_lr"], batch_size=c["ppo_batch_size"],
+                            mini_batch_size=c["ppo_mini_batch_size"], ppo_epochs=c["ppo_epochs"],
+                            kl_mode=c["kl_mode"], kl_coef=c["kl_coef"], adaptive_kl=c["adaptive_kl"],
+                            token_entropy_coef=c["token_entropy_coef"],
+                            batch_entropy_coef=c["batch_entropy_coef"], seed=c["seed"])
 
 
 def train(config: dict, trainer, tokenizer, prompts: list[FimExample], rewarder, known: set[str], log) -> float:
