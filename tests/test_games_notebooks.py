@@ -47,7 +47,7 @@ def test_the_games_declaration_is_consistent():
     (dict(kl_mode="none"), ParameterError, r"kl_mode='none' is not allowed: it must be one of \['frozen', 'policy'\]"),
     (dict(context_chars=-1), ParameterError, r"context_chars=-1 is not allowed: it must be an integer in \[0, 100000\]"),
     (dict(model_size="two words"), ParameterError, r"model_size='two words' is not allowed: it must be one of \['tiny'"),
-    (dict(model_size="no-such-org/no-such-model"), OfflineError, r"model_size='no-such-org/no-such-model' is a hub id"),
+    (dict(model_size="no-such-org/no-such-model"), OfflineError, r"model_size='no-such-org/no-such-model' is a hub causal-LM id that is not in the local cache"),
 ])
 def test_check_names_the_parameter_and_what_is_allowed(bad, error, message):
     with pytest.raises(error, match=message):

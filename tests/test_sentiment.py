@@ -14,7 +14,8 @@ import torch
 
 from rlformal_utils import sentiment as S
 from rlformal_utils.params import defaults
-from rlformal_utils.pretrain import build_gpt2
+from rlformal_utils.pretrain import build_gpt2, train_bpe_tokenizer
+from rlformal_utils.pretrained import OfflineError, check_hub_name, load_tokenizer
 from rlformal_utils.runner import sentiment_runs
 from rlformal_utils.runs import ParameterError
 from rlformal_utils.sentiment import params as P
@@ -93,20 +94,21 @@ def test_classifier_is_trained_once_then_reused_from_the_cache(classifier_dir, c
 ])
 def test_offline_hub_ids_fail_fast_naming_the_offline_defaults(load, defaults):
     t = time.time()
-    with pytest.raises(S.OfflineError, match="HF_HUB_OFFLINE is set") as err:
+    with pytest.raises(OfflineError, match="HF_HUB_OFFLINE is set") as err:
         load()
     assert time.time() - t < 10
     assert f"offline defaults: {defaults}" in str(err.value)
 
 
 def test_parameter_names_are_checked():
-    S.check_name("policy", "rt-gpt2", S.OFFLINE_POLICIES, "causal LM")
+    check_hub_name("policy", "rt-gpt2", S.OFFLINE_POLICIES, "causal LM")
     for bad in ["", "two words", 3, None]:
-        with pytest.raises(ParameterError, match=r"choose one of \['rt-gpt2', 'smollm2-135m'\] or a hub"):
-            S.check_name("policy", bad, S.OFFLINE_POLICIES, "causal LM")
+        with pytest.raises(ParameterError, match=r"is not allowed: it must be one of \['rt-gpt2', 'smollm2-135m'\] "
+                                                 r"or a hub causal LM id"):
+            check_hub_name("policy", bad, S.OFFLINE_POLICIES, "causal LM")
     t = time.time()
-    with pytest.raises(S.OfflineError, match="offline defaults: 'minilm-logreg', 'vader'"):
-        S.check_name("reward", "lvwerra/distilbert-imdb", S.OFFLINE_REWARDS, "sentiment classifier")
+    with pytest.raises(OfflineError, match="offline defaults: 'minilm-logreg', 'vader'"):
+        check_hub_name("reward", "lvwerra/distilbert-imdb", S.OFFLINE_REWARDS, "sentiment classifier")
     assert time.time() - t < 10
 
 
@@ -123,8 +125,26 @@ def test_split_is_deterministic_and_holds_out_whole_movies():
 @pytest.fixture(scope="module")
 def tiny_lm():
     texts = S.load_rotten_tomatoes().query("label >= 0")["text"].head(300)
-    tok = S.train_tokenizer(texts, 300)
+    tok = train_bpe_tokenizer(texts, 300, padding_side_in_config=True)
     return build_gpt2("tiny", tok, n_positions=64, seed=0).eval(), tok, list(texts)
+
+
+def test_rt_gpt2_tokenizer_files_are_those_of_the_cached_policy(tmp_path):
+    """The rt-gpt2 cache key does not hash the tokenizer code: a changed tokenizer would sit beside
+    old cached models. Vocabulary and merges are pinned (sha256 of the former sentiment trainer's,
+    on the same texts), and the saved config keeps its padding side and no extra special tokens."""
+    import hashlib
+    df = S.load_rotten_tomatoes()
+    tok = train_bpe_tokenizer(df.loc[df["split"] == "train", "text"].head(300), 300, padding_side_in_config=True)
+    model = json.loads(tok.backend_tokenizer.to_str())["model"]
+    digest = hashlib.sha256(json.dumps([model["vocab"], model["merges"]], sort_keys=True).encode()).hexdigest()
+    assert digest[:16] == "6e0452d3305d991b"
+    tok.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert saved == {"backend": "tokenizers", "bos_token": "[BOS]", "eos_token": "[EOS]", "pad_token": "[PAD]",
+                     "padding_side": "right", "model_max_length": saved["model_max_length"],
+                     "tokenizer_class": "TokenizersBackend"}
+    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
 
 
 def test_prompts_have_the_asked_lengths_and_are_seeded(tiny_lm):
@@ -278,7 +298,7 @@ def tiny_llama_dir(tmp_path_factory, tiny_lm):
 def test_lora_policy_trains_adapters_only_and_its_reference_is_the_adapter_disabled_base(tiny_llama_dir, tiny_lm):
     from transformers import AutoModelForCausalLM
     _, tok, texts = tiny_lm
-    tok = S.load_tokenizer(tiny_llama_dir)
+    tok = load_tokenizer(tiny_llama_dir)
     trainer = S.make_policy_trainer(tiny_llama_dir, tok, lora_rank=4, learning_rate=1e-2, batch_size=4,
                                     mini_batch_size=2, ppo_epochs=1, kl_coef=0.2, seed=0)
     assert trainer.is_peft_model and trainer.ref_model is None  # one model in memory
@@ -324,7 +344,7 @@ def test_the_declaration_checks_each_value_and_the_rules_between_them():
         (dict(kl_coef=-0.1), r"kl_coef=-0.1 is not allowed: it must be a number in \[0.0, 10.0\]"),
         (dict(kl_coef=11), r"kl_coef=11 is not allowed: it must be a number in \[0.0, 10.0\]"),
         (dict(kl_mode="policy"), r"kl_mode='policy' is not allowed with lora_rank > 0"),
-        (dict(policy="nonsense policy"), r"policy='nonsense policy' is not allowed; choose one of "
+        (dict(policy="nonsense policy"), r"policy='nonsense policy' is not allowed: it must be one of "
                                          r"\['rt-gpt2', 'smollm2-135m'\] or a hub causal LM id"),
         (dict(policy="rt-gpt2", prompt_format="chat"),
          r"prompt_format='chat' is not allowed for policy='rt-gpt2'; choose one of \['plain', 'instruction'\]"),
@@ -341,7 +361,7 @@ def test_the_declaration_checks_each_value_and_the_rules_between_them():
         with pytest.raises(ParameterError, match=message):
             P.check(dict(good, **bad))
     t = time.time()
-    with pytest.raises(S.OfflineError, match="offline defaults: 'rotten_tomatoes'"):
+    with pytest.raises(OfflineError, match="offline defaults: 'rotten_tomatoes'"):
         P.check(dict(good, data="imdb"))
     assert time.time() - t < 10
 

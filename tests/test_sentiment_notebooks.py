@@ -114,7 +114,7 @@ def test_same_seed_same_numbers(smoke_run, tmp_path):
 
 @pytest.mark.parametrize("params, message", [
     (dict(kl_mode="none"), r"kl_mode='none' is not allowed: it must be one of \['frozen', 'policy'\]"),
-    (dict(reward="two words"), r"reward='two words' is not allowed; choose one of \['minilm-logreg', 'vader'\] or a hub"),
+    (dict(reward="two words"), r"reward='two words' is not allowed: it must be one of \['minilm-logreg', 'vader'\] or a hub"),
     (dict(policy="lvwerra/gpt2-imdb"), r"not in the local cache.*offline defaults: 'rt-gpt2', 'smollm2-135m'"),
     (dict(data="imdb"), r"data='imdb' is a hub dataset id that is not in the local cache.*offline defaults: "
                         r"'rotten_tomatoes'"),

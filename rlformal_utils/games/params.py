@@ -51,11 +51,11 @@ PARAMS = [
 def check(values: dict) -> dict:
     """Check every parameter and the rules that tie them together; return the run's config."""
     from ..params import check_all
-    from ..pretrained import check_model_name
+    from ..pretrained import check_hub_name
     from ..runs import ParameterError
     from .fim import bundled_games
     config = check_all(PARAMS, values)
-    check_model_name("model_size", config["model_size"], MODELS)
+    check_hub_name("model_size", config["model_size"], MODELS, "causal-LM")
     games = sorted(bundled_games())
     held, ppo = config["heldout_games"], config["ppo_games"]
     if not held or any(g not in games for g in held) or len(set(held)) > len(games) - 2:

@@ -12,20 +12,19 @@ Offline defaults (everything comes from a registry package or is trained here, t
     and the figures across runs (``plots.py``); every notebook parameter is declared in ``params.py``.
 
 Any other name is taken as a hub id, looked up in the local cache only; offline it fails at once
-with an ``OfflineError`` that names the offline defaults (``hub.py``).
+with an ``OfflineError`` that names the offline defaults (``rlformal_utils.pretrained``, shared with
+the games task, as are the tokenizer trainer and the padding in ``rlformal_utils.pretrain``).
 """
-from .data import labelled_split, load_reviews, load_rotten_tomatoes
+from .data import OFFLINE_DATA, labelled_split, load_reviews, load_rotten_tomatoes
 from .evaluate import (Scorers, before_after, compare_prompt_formats, eval_summary, evaluate, evaluate_policy,
                        make_scorers, real_review_scale)
 from .fluency import ReviewLikeness, distinct_n, perplexity, repetition, response_nll, words
-from .hub import (ASSETS_HINT, OFFLINE_DATA, OFFLINE_POLICIES, OFFLINE_REWARDS, OfflineError, check_name,
-                  hub_offline, load_from_hub, package_dir)
-from .policy import (LORA_RANKS, SMOLLM2_GGUF, build_trainer, lm_loss, load_tokenizer, make_policy_trainer,
-                     policy_dir, policy_label, prepare_policy, pretrain_rt_gpt2, reference_text, rt_gpt2_config,
-                     smollm2_dir, train_tokenizer, trainable_parameters)
+from .policy import (LORA_RANKS, OFFLINE_POLICIES, build_trainer, lm_loss, make_policy_trainer, policy_dir,
+                     policy_label, prepare_policy, pretrain_rt_gpt2, reference_text, rt_gpt2_config,
+                     trainable_parameters)
 from .report import before_after_table, result_text
-from .reward import (ClassifierReward, HubClassifierReward, MiniLMEncoder, VaderReward, classifier_config,
-                     default_judge, is_positive, make_reward, train_classifier)
+from .reward import (OFFLINE_REWARDS, ClassifierReward, HubClassifierReward, MiniLMEncoder, VaderReward,
+                     classifier_config, default_judge, is_positive, make_reward, train_classifier)
 from .sampling import (INSTRUCTION, PROMPT_FORMATS, decode_pairs, make_prompts, prompt_prefix, run_prompts,
                        sample_responses)
 from .train import heldout_row, log_after, ppo_step, train

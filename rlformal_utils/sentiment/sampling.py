@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from ..modes import eval_mode
+from ..pretrain import left_pad
 
 # How a review start is shown to the policy. The reward and the judge always read the review
 # alone (review start + response), never the instruction or the template.
@@ -79,12 +80,8 @@ def sample_responses(model, tokenizer, queries: list[torch.Tensor], lengths: lis
     with eval_mode(model):
         for s in range(0, len(queries), batch_size):
             qs, ls = queries[s:s + batch_size], lengths[s:s + batch_size]
-            width = max(len(q) for q in qs)
-            ids = torch.full((len(qs), width), pad, dtype=torch.long)
-            att = torch.zeros((len(qs), width), dtype=torch.long)
-            for i, q in enumerate(qs):
-                ids[i, width - len(q):] = q
-                att[i, width - len(q):] = 1
+            ids, att = left_pad(qs, pad)
+            width = ids.shape[1]
             gen = model.generate(input_ids=ids, attention_mask=att, do_sample=True, top_k=top_k, top_p=top_p,
                                  temperature=temperature, max_new_tokens=max(ls), min_new_tokens=1,
                                  pad_token_id=pad, eos_token_id=eos, suppress_tokens=banned or None)
