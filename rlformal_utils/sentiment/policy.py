@@ -118,9 +118,7 @@ def make_policy_trainer(model_dir, tokenizer, *, lora_rank: int = 0, lora_alpha:
     config = PPOConfig(learning_rate=learning_rate, batch_size=batch_size, mini_batch_size=mini_batch_size,
                        ppo_epochs=ppo_epochs, init_kl_coef=kl_coef, adap_kl_ctrl=adaptive_kl, seed=seed,
                        **ppo_kwargs)
-    with warnings.catch_warnings():  # we hand trl batches ourselves: its "No dataset is provided" does not apply
-        warnings.filterwarnings("ignore", message="No dataset is provided")
-        trainer = EntropyPPOTrainer(config=config, model=model, ref_model=ref_model, tokenizer=tokenizer)
+    trainer = EntropyPPOTrainer(config=config, model=model, ref_model=ref_model, tokenizer=tokenizer)
     if lora_rank:
         assert trainer.ref_model is None and trainer.is_peft_model  # the reference is the adapter-disabled model
     return trainer
