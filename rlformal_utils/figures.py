@@ -41,14 +41,16 @@ def mean_sd(values) -> tuple[float, float, int]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan"), len(v)
 
 
-def fmt_mean_sd(values, digits: int = 3) -> str:
-    """'0.953 ± 0.012 (3)' for reading in tables; one value prints without a spread."""
+def fmt_mean_sd(values, digits: int = 3, count: bool = True, missing: str = "n/a") -> str:
+    """'0.953 ± 0.012 (3)' for reading in tables (without '(3)' if not ``count``); one value prints
+    without a spread, no value as ``missing``."""
     m, s, n = mean_sd(values)
     if n == 0:
-        return "n/a"
+        return missing
+    suffix = f" ({n})" if count else ""
     if n == 1:
-        return f"{m:.{digits}f} (1)"
-    return f"{m:.{digits}f} ± {s:.{digits}f} ({n})"
+        return f"{m:.{digits}f}{suffix}"
+    return f"{m:.{digits}f} ± {s:.{digits}f}{suffix}"
 
 
 def thousands(ax, axis: str = "x", n_ticks: int = 5) -> None:

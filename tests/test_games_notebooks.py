@@ -12,6 +12,7 @@ import pandas as pd
 import papermill as pm
 import pytest
 
+from notebook_runs import assert_stops_in_first_cells, run_notebook
 from rlformal_utils.games import params as P
 from rlformal_utils.params import ParameterError, defaults, reference
 from rlformal_utils.pretrained import OfflineError
@@ -78,12 +79,7 @@ def test_parameters_cell_is_the_declaration_and_papermill_reads_every_line(caplo
     (dict(model_size="no-such-org/no-such-model"), r"OfflineError.*model_size='no-such-org/no-such-model'"),
 ])
 def test_bad_parameters_stop_the_notebook_in_its_first_cells(tmp_path, params, message):
-    out = tmp_path / "run"
-    with pytest.raises(pm.PapermillExecutionError, match=message) as err:
-        pm.execute_notebook(str(NOTEBOOKS / "games.ipynb"), str(tmp_path / "x.ipynb"), cwd=str(NOTEBOOKS),
-                            parameters=dict(output_dir=str(out), **params), progress_bar=False, start_timeout=300)
-    assert err.value.exec_count <= 3  # the setup cell, before any work
-    assert not out.exists()
+    assert_stops_in_first_cells("games.ipynb", tmp_path, params, message)
 
 
 # ----------------------------------------------------------------------------- the smoke profile, end to end
@@ -158,8 +154,7 @@ def test_same_seed_same_numbers(smoke, tmp_path):
     """A second run with the same parameters: every column of metrics.csv, every value of summary.json
     and every sample agree, timing and reward-cache bookkeeping aside."""
     out = tmp_path / "b"  # the kernel inherits RLFORMAL_CACHE: the SFT model and the rewards come from the cache
-    pm.execute_notebook(str(NOTEBOOKS / "games.ipynb"), str(tmp_path / "b.ipynb"), cwd=str(NOTEBOOKS), progress_bar=False,
-                        parameters=dict(SMOKE.params, output_dir=str(out), torch_threads=1), start_timeout=300)
+    run_notebook("games.ipynb", tmp_path / "b.ipynb", **dict(SMOKE.params, output_dir=str(out), torch_threads=1))
     a, b = (pd.read_csv(d / "metrics.csv") for d in (smoke["run"], out))
     cols = [c for c in a.columns if c not in TIMING | BOOKKEEPING]
     assert len(cols) >= 14 and list(a.columns) == list(b.columns)

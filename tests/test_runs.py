@@ -72,3 +72,12 @@ def test_runner_passes_small_floats_to_papermill_as_floats():
     params = {"ppo_lr": 1e-05, "paper_lr": 1.41e-05, "steps": 3, "games": ["hex"], "on": True, "none": None}
     assert yaml.safe_load(yaml_params(params)) == params
     assert isinstance(yaml.safe_load(yaml_params({"x": 1e-05}))["x"], float)
+
+
+def test_mean_and_sample_sd_as_the_tables_print_them():
+    from rlformal_utils.figures import fmt_mean_sd, mean_sd
+    m, s, n = mean_sd([0.9, 0.95, 1.0, None])                   # missing values are dropped
+    assert (round(m, 10), round(s, 10), n) == (0.95, 0.05, 3)   # sd with ddof=1: sqrt(0.005 / 2)
+    assert fmt_mean_sd([0.9, 0.95, 1.0]) == "0.950 ± 0.050 (3)"
+    assert fmt_mean_sd([0.9, 0.95, 1.0], 2, count=False) == "0.95 ± 0.05"
+    assert fmt_mean_sd([0.5]) == "0.500 (1)" and fmt_mean_sd([]) == "n/a" and fmt_mean_sd([], missing="") == ""

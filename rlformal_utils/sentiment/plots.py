@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from ..figures import band, mean_sd
+from ..figures import band, fmt_mean_sd, mean_sd
 from ..runs import complete_runs
 
 BEFORE_AFTER = {"before": "0.6", "after": sns.color_palette("colorblind")[2]}
@@ -223,12 +223,7 @@ def fig_judge_perplexity(runs: pd.DataFrame):
 
 
 def _pm(s: pd.Series, digits: int) -> str:
-    m, sd, n = mean_sd(s)
-    if n == 0:
-        return ""
-    if n == 1:
-        return f"{m:.{digits}f}"
-    return f"{m:.{digits}f} ± {sd:.{digits}f}"
+    return fmt_mean_sd(s, digits, count=False, missing="")
 
 
 def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
