@@ -325,8 +325,9 @@ def _stop_poller(name: str) -> Callable[[], bool]:
 
 
 # ----------------------------------------------------------------------------- the papermill wrapper
-def _watch_parent(parent: int) -> None:
-    """Kill this process and everything below it when ``parent`` is no longer its parent."""
+def exit_with_parent(parent: int) -> None:
+    """Kill this process and everything below it when ``parent`` is no longer its parent (a papermill
+    run, a games reward worker: never outlive the process that started it, even mid-compile)."""
     def watch():
         while os.getppid() == parent:
             time.sleep(1.0)
@@ -344,6 +345,6 @@ if __name__ == "__main__":  # python -m rlformal_utils.executors --child-of PID 
     import runpy
     if sys.argv[1:2] != ["--child-of"]:
         sys.exit("usage: python -m rlformal_utils.executors --child-of PID <papermill arguments>")
-    _watch_parent(int(sys.argv[2]))
+    exit_with_parent(int(sys.argv[2]))
     sys.argv = ["papermill", *sys.argv[3:]]
     runpy.run_module("papermill", run_name="__main__", alter_sys=True)

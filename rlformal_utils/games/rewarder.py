@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from ..executors import exit_with_parent
 from . import reward as R
 from .fim import normalise
 from .reward import REWARD_FAILURE, REWARD_TIMEOUT, GameResult, _short, description_hash, evaluate_in_process
@@ -31,14 +32,7 @@ def _worker_main() -> None:
     the original stdout; anything the engine prints goes to stderr. One evaluation at a time."""
     protocol = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
-    parent = os.getppid()
-
-    def exit_with_parent():  # never outlive the process that started us, even mid-compile
-        while os.getppid() == parent:
-            time.sleep(2)
-        os._exit(0)
-
-    threading.Thread(target=exit_with_parent, daemon=True).start()
+    exit_with_parent(os.getppid())
     R._prepare_ludax()
     if os.environ.get("RLFORMAL_JAX_CACHE"):  # reuse XLA executables across processes and runs
         import jax
