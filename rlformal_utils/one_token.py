@@ -38,12 +38,12 @@ def last_position(model, prompts: list[torch.Tensor], with_hidden: bool = False)
     attention mask and position ids that make each row compute exactly what it would alone.
     Differentiable; the caller decides about ``no_grad``."""
     width = max(len(p) for p in prompts)
+    last_only = dict(output_hidden_states=with_hidden, logits_to_keep=1)  # no LM head on the other positions
     if all(len(p) == width for p in prompts):
-        out = model(input_ids=torch.stack(list(prompts)), output_hidden_states=with_hidden)
+        out = model(input_ids=torch.stack(list(prompts)), **last_only)
     else:
         ids, mask = left_pad(prompts)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                    output_hidden_states=with_hidden)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), **last_only)
     logits = out.logits[:, -1, :].float()
     return (logits, out.hidden_states[-1][:, -1, :]) if with_hidden else logits
 
@@ -228,12 +228,22 @@ class OneTokenPPO(_Trainer):
         self.ref = None if kl_reference == "policy" else disable_dropout(copy.deepcopy(model)).requires_grad_(False)
         self.cfg, self.banned = config, list(banned_ids)
         self.kl_ctl = AdaptiveKL(config.init_kl_coef, config.kl_target, config.kl_horizon, config.adaptive_kl)
+        self._pending = None  # (prompts, log-probs, values) of the last rollout, for its step to reuse
 
     def forward(self, prompts):
         logits, hidden = last_position(self.model, prompts, with_hidden=True)
-        return masked_log_softmax(logits, self.banned, self.cfg.mask_banned), self.value_head(hidden).squeeze(-1)
+        return logits, masked_log_softmax(logits, self.banned, self.cfg.mask_banned), self.value_head(hidden).squeeze(-1)
 
     def rollout_logits(self, prompts) -> torch.Tensor:
+        """The answer logits (B, V) to sample from. When the next ``step`` is on these same prompts
+        in one mini-batch, its old log-probs, its values and its first gradient all come from this
+        one pass (dropout is off, so it is the pass trl would repeat three times)."""
+        if self.cfg.mini_batch_size >= len(prompts):
+            self.model.train()
+            logits, logp_all, values = self.forward(prompts)
+            self._pending = (prompts, logp_all, values)
+            return logits.detach()
+        self._pending = None
         with eval_mode(self.model):
             return last_position(self.model, prompts)
 
@@ -241,8 +251,14 @@ class OneTokenPPO(_Trainer):
         """One PPO step on (prompt, answer token, score) triples, as trl's ``PPOTrainer.step``."""
         cfg, B = self.cfg, len(prompts)
         answers, scores = answers.view(-1, 1), scores.float().view(-1)
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[0] is not prompts:
+            pending = None
         with eval_mode(self.model):
-            logp_all, values = self.forward(prompts)
+            if pending is None:
+                _, logp_all, values = self.forward(prompts)
+            else:
+                logp_all, values = pending[1].detach(), pending[2].detach()
             logp_old = logp_all.gather(1, answers).squeeze(1)
             if self.ref is None:
                 ref_logp_all = logp_all
@@ -259,8 +275,11 @@ class OneTokenPPO(_Trainer):
             order = np.random.permutation(B)                        # trl's shuffle (numpy's global RNG)
             for start in range(0, B, cfg.mini_batch_size):
                 idx = torch.as_tensor(order[start:start + cfg.mini_batch_size])
+                # the first mini-batch of a rollout's batch reuses the rollout's pass (same weights)
+                reuse = (pending[1][idx], pending[2][idx]) if pending is not None else None
+                pending = None
                 stats.append(self._minibatch([prompts[i] for i in idx.tolist()], answers[idx], logp_old[idx],
-                                             values[idx], advantages[idx], returns[idx]))
+                                             values[idx], advantages[idx], returns[idx], reuse))
         self.model.eval()
         self.sched.step()
         mean_kl = kl.mean().item()
@@ -273,9 +292,9 @@ class OneTokenPPO(_Trainer):
                    value_return_corr=float(np.corrcoef(values.numpy(), returns.numpy())[0, 1]) if B > 2 else float("nan"))
         return out
 
-    def _minibatch(self, prompts, answers, logp_old, values, advantages, returns) -> dict:
+    def _minibatch(self, prompts, answers, logp_old, values, advantages, returns, reuse=None) -> dict:
         cfg = self.cfg
-        logp_all, vpred = self.forward(prompts)
+        logp_all, vpred = reuse if reuse is not None else self.forward(prompts)[1:]
         logp = logp_all.gather(1, answers).squeeze(1)
         vclipped = torch.max(torch.min(vpred, values + cfg.cliprange_value), values - cfg.cliprange_value)
         vf_loss = 0.5 * torch.max((vpred - returns) ** 2, (vclipped - returns) ** 2).mean()

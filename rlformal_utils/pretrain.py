@@ -21,14 +21,18 @@ MODEL_SIZES = {
 }
 
 
-def build_gpt2(size: str, tokenizer, n_positions: int = 64, seed: int = 0) -> GPT2LMHeadModel:
-    """A freshly initialised GPT-2 of the named size for ``tokenizer``'s vocabulary."""
+def build_gpt2(size: str, tokenizer, n_positions: int = 64, seed: int = 0,
+               activation: str = "gelu_new") -> GPT2LMHeadModel:
+    """A freshly initialised GPT-2 of the named size for ``tokenizer``'s vocabulary.
+    ``activation="gelu_pytorch_tanh"`` is GPT-2's own ``gelu_new`` (equal to 2e-7) in one fused
+    kernel, ~2.5x faster on a CPU; the default keeps the models cached by earlier versions."""
     if size not in MODEL_SIZES:
         raise ValueError(f"model size must be one of {list(MODEL_SIZES)}, got {size!r}")
     n_layer, n_embd, n_head = MODEL_SIZES[size]
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=n_positions, n_embd=n_embd,
                         n_layer=n_layer, n_head=n_head, bos_token_id=tokenizer.bos_token_id,
-                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                        activation_function=activation)
     torch.manual_seed(seed)
     return GPT2LMHeadModel(config)
 

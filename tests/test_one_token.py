@@ -114,16 +114,17 @@ def _trl_trainer(base_dir, tok, batch, mini, epochs, lr, c_tok, c_batch):
                              token_entropy_coef=c_tok, batch_entropy_coef=c_batch)
 
 
-@pytest.mark.parametrize("c_tok, c_batch", [(0.0, 0.0), (0.3, 0.3)])
-def test_one_token_ppo_equals_trl_ppo_trainer(base_dir, tok, problems, c_tok, c_batch):
-    """Same weights, same batches (2 steps x 2 epochs x 2 mini-batches), plain SGD on both sides so
-    that every gradient shows in the weights: the weights, losses and KL terms agree."""
+@pytest.mark.parametrize("c_tok, c_batch, mini", [(0.0, 0.0, 4), (0.3, 0.3, 4), (0.3, 0.3, 8)])
+def test_one_token_ppo_equals_trl_ppo_trainer(base_dir, tok, problems, c_tok, c_batch, mini):
+    """Same weights, same batches (2 steps x 2 epochs x 2 mini-batches, or 1 mini-batch, where our
+    step reuses the rollout's forward pass), plain SGD on both sides so that every gradient shows
+    in the weights: the weights, losses and KL terms agree."""
     B, lr = 8, 0.05
-    trl_trainer = _trl_trainer(base_dir, tok, B, 4, 2, lr, c_tok, c_batch)
+    trl_trainer = _trl_trainer(base_dir, tok, B, mini, 2, lr, c_tok, c_batch)
     v_head = torch.nn.Linear(64, 1)
     v_head.load_state_dict(trl_trainer.model.v_head.summary.state_dict())
     ours = OT.OneTokenPPO(GPT2LMHeadModel.from_pretrained(base_dir),
-                          OT.PPOConfig(lr=lr, mini_batch_size=4, ppo_epochs=2, token_entropy_coef=c_tok,
+                          OT.PPOConfig(lr=lr, mini_batch_size=mini, ppo_epochs=2, token_entropy_coef=c_tok,
                                        batch_entropy_coef=c_batch, mask_banned=False),
                           banned_ids(tok), kl_reference="frozen", value_head=v_head)
     ours.opt = torch.optim.SGD(ours.params, lr=lr)
@@ -140,7 +141,12 @@ def test_one_token_ppo_equals_trl_ppo_trainer(base_dir, tok, problems, c_tok, c_
     np.random.seed(123)
     trl_stats = [trl_trainer.step(q, [a[None] for a in ans], list(sc)) for q, ans, sc in batches]
     np.random.seed(123)
-    our_stats = [ours.step(q, ans, sc) for q, ans, sc in batches]
+    our_stats = []
+    for q, ans, sc in batches:
+        if mini == B:
+            ours.rollout_logits(q)  # the pass the step then reuses
+            assert ours._pending is not None
+        our_stats.append(ours.step(q, ans, sc))
 
     for t, o in zip(trl_stats, our_stats):
         assert o["kl"] == pytest.approx(float(t["objective/kl"]), abs=1e-5)

@@ -228,6 +228,15 @@ def test_dry_run_counts_only_the_runs_left_to_do(tmp_path, capsys):
     assert f"  arithmetic/{done.name}\n" not in out
 
 
+def test_the_longest_runs_go_first_so_that_short_ones_fill_the_cores_at_the_end(tmp_path, capsys):
+    runner.main(["--profile", "quick", "--dry-run", "--results-dir", str(tmp_path / "r")])
+    listed = re.findall(r"^  (\w+)/(\S+)$", capsys.readouterr().out, re.M)
+    runs = {(r.experiment, r.name): r for e in runner.DEFAULT_EXPERIMENTS for r in runner.runs_for(e, "quick")}
+    assert sorted(listed) == sorted(runs)
+    estimates = [runs[key].estimate_s for key in listed]
+    assert estimates == sorted(estimates, reverse=True) and estimates[0] > estimates[-1]
+
+
 def test_timings_rows_from_an_older_runner_are_kept_when_columns_are_added(tmp_path):
     from rlformal_utils.runner import _append_timing
     path = tmp_path / "timings.csv"

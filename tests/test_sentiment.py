@@ -334,6 +334,40 @@ def test_lora_policy_trains_adapters_only_and_its_reference_is_the_adapter_disab
     np.testing.assert_allclose(df["response_nll"], df_ref["response_nll"], rtol=1e-4, atol=1e-4)
 
 
+def test_a_fresh_lora_adapter_leaves_the_held_out_evaluation_unchanged(tiny_llama_dir, tiny_lm):
+    """The premise of caching the 'before' evaluation across RL seeds: whatever the seed (LoRA and
+    value-head init), the untrained LoRA policy samples and scores exactly as the base model."""
+    from transformers import AutoModelForCausalLM
+    _, tok, texts = tiny_lm
+    tok = load_tokenizer(tiny_llama_dir)
+    prompts = S.make_prompts(tok, texts, 6, seed=3, prepend_bos=True)
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    expected = S.evaluate(base, base, tok, prompts, LengthReward(), LengthReward(), seed=0)
+    for seed in (0, 1):
+        trainer = S.make_policy_trainer(tiny_llama_dir, tok, lora_rank=4, learning_rate=1e-2, batch_size=4,
+                                        mini_batch_size=2, ppo_epochs=1, kl_coef=0.2, seed=seed)
+        got = S.evaluate(trainer.model.pretrained_model, None, tok, prompts, LengthReward(), LengthReward(), seed=0)
+        pd.testing.assert_frame_equal(got, expected)
+
+
+def test_the_before_evaluation_is_computed_once_per_configuration(tmp_path):
+    calls = []
+
+    def evaluate_fn():
+        calls.append(1)
+        return pd.DataFrame(dict(prompt=["a", 'b "quoted",\nline'], reward=[0.1 + 0.2, -1e-17]))
+
+    config = P.check(defaults(P.PARAMS))
+    first = S.evaluate_before(config, evaluate_fn, tmp_path)
+    again = S.evaluate_before(dict(config, seed=5, kl_coef=0.0, ppo_steps=3), evaluate_fn, tmp_path)
+    assert len(calls) == 1
+    pd.testing.assert_frame_equal(again, first)  # bit for bit, text included
+    assert first["reward"][0] == 0.1 + 0.2
+    S.evaluate_before(dict(config, n_heldout=7), evaluate_fn, tmp_path)  # other prompts: evaluated anew
+    S.evaluate_before(dict(config, lora_rank=0), evaluate_fn, tmp_path)  # another policy: anew
+    assert len(calls) == 3
+
+
 def test_the_declaration_checks_each_value_and_the_rules_between_them():
     good = defaults(P.PARAMS)
     assert P.check(good)["lora_rank"] == 16 and "output_dir" not in P.check(good)

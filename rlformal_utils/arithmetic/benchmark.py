@@ -24,6 +24,7 @@ from ..progress import quiet_libraries
 from ..runs import set_seed
 from . import task
 from .evaluate import banned_ids, prompt_tensors
+from .model import ACTIVATION
 from .reward import reward, reward_table
 
 
@@ -35,7 +36,7 @@ def _batches(tok, batch: int, steps: int):
 def bench_trl(size, batch, steps, epochs) -> float:
     tok = task.make_tokenizer()
     with tempfile.TemporaryDirectory() as d:
-        build_gpt2(size, tok).save_pretrained(d)
+        build_gpt2(size, tok, activation=ACTIVATION).save_pretrained(d)
         tok.save_pretrained(d)
         trainer = make_trainer(d, tok, learning_rate=1e-4, batch_size=batch, mini_batch_size=batch, ppo_epochs=epochs,
                                kl_mode="frozen")
@@ -54,7 +55,7 @@ def bench_trl(size, batch, steps, epochs) -> float:
 
 def bench_fast(size, batch, steps, epochs, algorithm, k=8) -> float:
     tok = task.make_tokenizer()
-    model, ban, numbers = build_gpt2(size, tok), banned_ids(tok), task.number_token_ids(tok)
+    model, ban, numbers = build_gpt2(size, tok, activation=ACTIVATION), banned_ids(tok), task.number_token_ids(tok)
     if algorithm == "ppo":
         trainer = one_token.OneTokenPPO(model, one_token.PPOConfig(lr=1e-4, mini_batch_size=batch, ppo_epochs=epochs,
                                                                    mask_banned=False),  # exactly trl's updates

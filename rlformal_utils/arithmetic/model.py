@@ -10,6 +10,8 @@ from ..pretrain import build_gpt2, train_lm
 from ..runs import cached_dir
 from . import task
 
+ACTIVATION = "gelu_pytorch_tanh"  # GPT-2's gelu, fused: the same function, a fifth less time per RL step
+
 
 def pretrain_steps(config: dict) -> int:
     """Optimizer steps of pretraining; 0 in the config means one epoch (the paper's budget)."""
@@ -21,10 +23,11 @@ def base_model_dir(config: dict, chains: list[task.Problem], tokenizer):
     key = dict(task="arithmetic", vocab=task.VOCAB, model_size=config["model_size"],
                examples=config["pretrain_examples"], steps=pretrain_steps(config),
                batch_size=config["pretrain_batch_size"], lr=config["pretrain_lr"],
-               seed=config["pretrain_seed"], data_seed=config["data_seed"], splits="unseen-pairs-v1")
+               seed=config["pretrain_seed"], data_seed=config["data_seed"], splits="unseen-pairs-v1",
+               activation=ACTIVATION)
 
     def build(folder):
-        model = build_gpt2(config["model_size"], tokenizer, seed=config["pretrain_seed"])
+        model = build_gpt2(config["model_size"], tokenizer, seed=config["pretrain_seed"], activation=ACTIVATION)
         losses = train_lm(model, [task.encode_chain(tokenizer, p) for p in chains], tokenizer.pad_token_id,
                           steps=key["steps"], batch_size=key["batch_size"], lr=key["lr"], seed=key["seed"])
         print(f"pretrained {key['steps']} steps on {len(chains)} chains, loss {losses[0]:.3f} -> {losses[-1]:.3f}")

@@ -116,8 +116,11 @@ def train(config: dict, policy_dir, tokenizer, rl_problems: list[task.Problem], 
                 answers = one_token.sample(logits, 1, ban, gen)
                 rewards = table.gather(1, answers)
         else:  # ppo
-            with eval_mode(model):
-                logits = one_token.last_position(model, prompts)
+            if config["engine"] == "trl":
+                with eval_mode(model):
+                    logits = one_token.last_position(model, prompts)
+            else:
+                logits = trainer.rollout_logits(prompts)
             answers = one_token.sample(logits, 1, ban, gen)
             rewards = table.gather(1, answers)
             if config["engine"] == "trl":

@@ -108,6 +108,22 @@ def evaluate_policy(policy, reference, tokenizer, prompts: list[dict], scorers: 
                     likeness=scorers.likeness, **sampling(config))
 
 
+# parameters that cannot change the untrained policy's held-out evaluation (a fresh LoRA adapter
+# adds exactly zero, and evaluation samples with its own seed, data_seed)
+_RL_ONLY = {"seed", "ppo_steps", "ppo_lr", "ppo_batch_size", "ppo_mini_batch_size", "ppo_epochs", "kl_mode",
+            "kl_coef", "adaptive_kl", "eval_every", "n_examples", "format_probe_prompts"}
+
+
+def evaluate_before(config: dict, evaluate_fn, cache_dir=None) -> pd.DataFrame:
+    """``evaluate_fn()`` on the untrained policy, computed once per configuration and then read from
+    the cache (``.cache/sentiment-before``): every RL seed and KL setting starts from the same model
+    and is evaluated on the same prompts with the same sampling seed, so the result is the same."""
+    from ..runs import cached_dir
+    key = dict({k: v for k, v in config.items() if k not in _RL_ONLY}, version=1)
+    folder = cached_dir("sentiment-before", key, lambda tmp: evaluate_fn().to_pickle(tmp / "before.pkl"), cache_dir)
+    return pd.read_pickle(folder / "before.pkl")
+
+
 def compare_prompt_formats(policy, reference, tokenizer, texts, scorers: Scorers, config: dict,
                            prepend_bos: bool = False) -> pd.DataFrame:
     """The untrained policy on the same ``format_probe_prompts`` held-out review starts in each
