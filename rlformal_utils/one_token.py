@@ -43,7 +43,8 @@ def last_position(model, prompts: list[torch.Tensor], with_hidden: bool = False)
         out = model(input_ids=torch.stack(list(prompts)), **last_only)
     else:
         ids, mask = left_pad(prompts)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), **last_only)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, **last_only)
     logits = out.logits[:, -1, :].float()
     return (logits, out.hidden_states[-1][:, -1, :]) if with_hidden else logits
 
