@@ -173,8 +173,11 @@ def test_a_worker_that_dies_mid_run_is_retried_once_then_the_run_fails_and_the_o
 @pytest.mark.parametrize("executor", [[], ["--dask-scheduler", "local"]], ids=["local", "dask-local"])
 def test_ctrl_c_stops_the_runs_and_leaves_no_process_behind(tmp_path, executor):
     results = tmp_path / "results"
+    # as from a terminal: Ctrl-C at its default, even if something earlier in this process ignored it
+    # (children inherit an ignored SIGINT, and Python then never raises KeyboardInterrupt)
     proc = subprocess.Popen(runner_cmd(results, *executor), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=os.environ, start_new_session=True)
+                            text=True, env=os.environ, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         wait_for(lambda: running_run(proc.pid, GROUP) and running_run(proc.pid, PPO), 120, "both runs to start")
         below = descendants(proc.pid)
@@ -183,7 +186,7 @@ def test_ctrl_c_stops_the_runs_and_leaves_no_process_behind(tmp_path, executor):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, out[-3000:]
+    assert proc.returncode == 130, f"SIGINT in the test process: {signal.getsignal(signal.SIGINT)}\n{out[-3000:]}"
     assert "interrupted: 0 of 2 runs finished" in out
     wait_for(lambda: not alive(below), 10, "every process below the runner to end")
     assert not complete(results, GROUP) and not complete(results, PPO)
