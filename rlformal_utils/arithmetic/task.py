@@ -106,7 +106,7 @@ def final_pair(problem: Problem) -> tuple[int, int]:
 UNSEEN_PAIR_SHARE = 0.1
 
 
-@functools.lru_cache(maxsize=None)  # ~10k distinct pairs; seeding a Random per call was a third of make_splits
+@functools.lru_cache(maxsize=None)  # ~10k distinct pairs: seed a Random once per pair, not once per problem
 def is_reserved(pair: tuple[int, int], seed: int) -> bool:
     """Whether the final pair belongs to the unseen-additions split (a fixed 10 % of all ordered
     pairs, chosen by ``seed``)."""
