@@ -107,6 +107,18 @@ def test_heldout_is_disjoint_and_fixed_by_the_seed():
     assert [p.chain for p in s.unseen] == [p.chain for p in again.unseen]
 
 
+def test_cached_splits_are_the_drawn_splits_and_are_drawn_once(monkeypatch):
+    fresh = T.make_splits(500, 40, seed=3)
+    first = T.cached_splits(500, 40, seed=3)
+    assert first == fresh
+    def draw_again(*args, **kwargs):
+        raise RuntimeError("drawn again")
+    monkeypatch.setattr(T, "make_splits", draw_again)
+    assert T.cached_splits(500, 40, seed=3) == fresh   # read from the cache
+    with pytest.raises(RuntimeError, match="drawn again"):  # another size or seed is another cache entry
+        T.cached_splits(500, 40, seed=4)
+
+
 def test_unseen_split_ends_in_pairs_that_never_end_a_training_chain():
     s = T.make_splits(20_000, 400, seed=0)
     train_pairs = {T.final_pair(p) for p in s.train}

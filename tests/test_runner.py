@@ -231,13 +231,18 @@ def test_dry_run_counts_only_the_runs_left_to_do(tmp_path, capsys):
     assert f"  arithmetic/{done.name}\n" not in out
 
 
-def test_the_longest_runs_go_first_so_that_short_ones_fill_the_cores_at_the_end(tmp_path, capsys):
+def test_one_run_per_experiment_then_the_longest_runs_first(tmp_path, capsys):
     runner.main(["--profile", "quick", "--dry-run", "--results-dir", str(tmp_path / "r")])
     listed = re.findall(r"^  (\w+)/(\S+)$", capsys.readouterr().out, re.M)
     runs = {(r.experiment, r.name): r for e in runner.DEFAULT_EXPERIMENTS for r in runner.runs_for(e, "quick")}
     assert sorted(listed) == sorted(runs)
-    estimates = [runs[key].estimate_s for key in listed]
+    # one run of each experiment first (it builds that experiment's caches), then longest first
+    firsts = [next(key for key in runs if key[0] == e) for e in runner.DEFAULT_EXPERIMENTS]
+    assert sorted(listed[:3]) == sorted(firsts)
+    estimates = [runs[key].estimate_s for key in listed[3:]]
     assert estimates == sorted(estimates, reverse=True) and estimates[0] > estimates[-1]
+    # so no two runs of one experiment start together while its caches are being built
+    assert len({e for e, _ in listed[:2]}) == 2
 
 
 def test_timings_rows_from_an_older_runner_are_kept_when_columns_are_added(tmp_path):
