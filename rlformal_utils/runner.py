@@ -125,7 +125,7 @@ def sentiment_runs(profile: str) -> list[Run]:
         # effective setting) and 0.6, one seed each: with 2 seeds each (before 2026-11-30) their spread
         # was small (VADER positive sd 0.03 and 0.02), and the 2 extra runs cost 10 minutes of a core
         seeds, sweep, sweep_seeds, probe = [0, 1, 2], [0.0, 0.6], [0], 128
-        step_s, overhead = 10.0, 110  # measured: 7-13 s per step on 2 shared cores, one thread per run
+        step_s, overhead = 11.0, 40  # measured 2026-11-30, idle cores, one thread per run: 298-316 s per run
     elif profile == "smoke":  # seconds, for the tests: the tiny rt-gpt2, full fine-tuning
         base = dict(policy="rt-gpt2", lora_rank=0, prompt_format="plain", policy_size="tiny", policy_vocab_size=300,
                     pretrain_steps=2, reward="minilm-logreg", classifier_max_train=60, likeness_bank=40, ppo_steps=2,
@@ -156,7 +156,7 @@ def games_runs(profile: str) -> list[Run]:
         base = dict(model_size="small", context_chars=48, max_middle_chars=60, sft_steps=400, ppo_steps=80,
                     ppo_lr=1e-4, n_playouts=32, max_turns=500, reward_timeout=120, reward_workers=1, n_eval=48,
                     ppo_games=["connect_four", "gomoku", "connect_six", "reversi", "hop_through", "gridworld"])
-        seeds, step_s, overhead = [0, 1], 12.5, 300
+        seeds, step_s, overhead = [0, 1], 6.0, 100  # measured 2026-11-30, idle cores: 508-622 s per run
     elif profile == "smoke":  # seconds of training; the first ludax compile still costs ~10-60 s
         base = dict(model_size="tiny", vocab_size=320, sft_steps=5, sft_batch_size=4, ppo_steps=2, ppo_batch_size=4,
                     ppo_mini_batch_size=2, ppo_epochs=1, max_new_tokens=16, max_middle_chars=60, n_playouts=4,
