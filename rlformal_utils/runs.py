@@ -156,3 +156,13 @@ def cached_dir(kind: str, config: dict, build, cache_dir: str | os.PathLike | No
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def cached_value(kind: str, config: dict, compute, cache_dir: str | os.PathLike | None = None):
+    """``compute()`` once per configuration, pickled in a ``cached_dir``; later calls read it back."""
+    import pickle
+
+    def build(tmp: Path) -> None:
+        (tmp / "value.pkl").write_bytes(pickle.dumps(compute(), protocol=5))
+
+    return pickle.loads((cached_dir(kind, config, build, cache_dir) / "value.pkl").read_bytes())

@@ -151,17 +151,12 @@ def cached_splits(n_train: int, n_heldout: int, seed: int = 0) -> Splits:
     cache: the arms of a profile share ``data_seed``, and drawing 150k problems takes ~3 s of every
     run's start, reading them back ~0.4 s. Any edit to this file invalidates the cache."""
     import hashlib
-    import pickle
     from pathlib import Path
-    from ..runs import cached_dir
+    from ..runs import cached_value
 
     key = dict(n_train=n_train, n_heldout=n_heldout, seed=seed,
                code=hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16])
-
-    def build(tmp: Path) -> None:
-        (tmp / "splits.pkl").write_bytes(pickle.dumps(make_splits(n_train, n_heldout, seed), protocol=5))
-
-    return pickle.loads((cached_dir("arithmetic-splits", key, build) / "splits.pkl").read_bytes())
+    return cached_value("arithmetic-splits", key, lambda: make_splits(n_train, n_heldout, seed))
 
 
 # ----------------------------------------------------------------------------- tokenizer

@@ -118,10 +118,9 @@ def evaluate_before(config: dict, evaluate_fn, cache_dir=None) -> pd.DataFrame:
     """``evaluate_fn()`` on the untrained policy, computed once per configuration and then read from
     the cache (``.cache/sentiment-before``): every RL seed and KL setting starts from the same model
     and is evaluated on the same prompts with the same sampling seed, so the result is the same."""
-    from ..runs import cached_dir
-    key = dict({k: v for k, v in config.items() if k not in _RL_ONLY}, version=1)
-    folder = cached_dir("sentiment-before", key, lambda tmp: evaluate_fn().to_pickle(tmp / "before.pkl"), cache_dir)
-    return pd.read_pickle(folder / "before.pkl")
+    from ..runs import cached_value
+    key = dict({k: v for k, v in config.items() if k not in _RL_ONLY}, version=2)
+    return cached_value("sentiment-before", key, evaluate_fn, cache_dir)
 
 
 def compare_prompt_formats(policy, reference, tokenizer, texts, scorers: Scorers, config: dict,
