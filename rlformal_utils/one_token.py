@@ -36,17 +36,61 @@ def last_position(model, prompts: list[torch.Tensor], with_hidden: bool = False)
     """Logits (B, V) of the token after each prompt, and optionally the last hidden state
     (B, D) there, from ONE forward call: prompts are left-padded to a common length, with the
     attention mask and position ids that make each row compute exactly what it would alone.
-    Differentiable; the caller decides about ``no_grad``."""
+    Differentiable; the caller decides about ``no_grad``. A GPT-2 with dropout off takes
+    ``gpt2_last_position`` (the same function, less work); any other model its own forward."""
     width = max(len(p) for p in prompts)
-    last_only = dict(output_hidden_states=with_hidden, logits_to_keep=1)  # no LM head on the other positions
-    if all(len(p) == width for p in prompts):
-        out = model(input_ids=torch.stack(list(prompts)), **last_only)
-    else:
-        ids, mask = left_pad(prompts)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, **last_only)
+    ids, mask = (torch.stack(list(prompts)), None) if all(len(p) == width for p in prompts) else left_pad(prompts)
+    positions = None if mask is None else (mask.cumsum(-1) - 1).clamp(min=0)
+    if _plain_gpt2(model):
+        hidden = gpt2_last_position(model, ids, mask, positions)
+        logits = model.lm_head(hidden).float()
+        return (logits, hidden) if with_hidden else logits
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                output_hidden_states=with_hidden, logits_to_keep=1)  # no LM head on the other positions
     logits = out.logits[:, -1, :].float()
     return (logits, out.hidden_states[-1][:, -1, :]) if with_hidden else logits
+
+
+def _plain_gpt2(model) -> bool:
+    """A transformers GPT2LMHeadModel whose forward ``gpt2_last_position`` reproduces: no
+    cross-attention, no upcast/reordered attention, and every dropout off (or eval mode)."""
+    config = getattr(model, "config", None)
+    return (type(model).__name__ == "GPT2LMHeadModel" and not config.add_cross_attention
+            and not config.reorder_and_upcast_attn
+            and not any(m.p > 0 and m.training for m in model.modules() if isinstance(m, torch.nn.Dropout)))
+
+
+def gpt2_last_position(model, ids: torch.Tensor, mask: torch.Tensor | None = None,
+                       positions: torch.Tensor | None = None) -> torch.Tensor:
+    """GPT-2's final hidden state (after ``ln_f``) at the LAST position of each row, (B, D).
+
+    Only the last position is read, so the last block needs the keys and values of every
+    position but its query, attention output and MLP at the last position alone: with 2 layers
+    that is ~35 % less work in both passes than the full forward (measured in the arithmetic
+    benchmark). ``mask`` (B, T) marks real tokens of left-padded rows; a padding position
+    attends to itself only, so it stays finite and is never attended to."""
+    gpt = model.transformer
+    B, T = ids.shape
+    h = gpt.wte(ids) + gpt.wpe(positions if positions is not None else torch.arange(T)[None])
+    allowed = None
+    if mask is not None:
+        causal = torch.ones(T, T, dtype=torch.bool).tril()
+        allowed = (causal & mask[:, None, :].bool()) | torch.eye(T, dtype=torch.bool)  # (B, T, T)
+        allowed = allowed[:, None]                                                       # (B, 1, T, T)
+    for i, block in enumerate(gpt.h):
+        last = i == len(gpt.h) - 1
+        attn = block.attn
+        q, k, v = attn.c_attn(block.ln_1(h)).split(attn.embed_dim, dim=2)
+        if last:  # only the last query is needed
+            q, h = q[:, -1:], h[:, -1:]
+        heads = lambda x: x.view(B, x.shape[1], attn.num_heads, attn.head_dim).transpose(1, 2)  # noqa: E731
+        a = torch.nn.functional.scaled_dot_product_attention(
+            heads(q), heads(k), heads(v), scale=attn.scaling,
+            attn_mask=None if allowed is None else (allowed[:, :, -1:] if last else allowed),
+            is_causal=allowed is None and not last)
+        h = h + attn.c_proj(a.transpose(1, 2).reshape(B, -1, attn.embed_dim))
+        h = h + block.mlp(block.ln_2(h))
+    return gpt.ln_f(h[:, -1])
 
 
 def masked_log_softmax(logits: torch.Tensor, banned_ids, mask_banned: bool) -> torch.Tensor:
@@ -86,7 +130,7 @@ class _Trainer:
         self.model = disable_dropout(model)
         params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
         self.params = params
-        self.opt = torch.optim.Adam(params, lr=lr)
+        self.opt = torch.optim.Adam(params, lr=lr, foreach=True)  # one call per op for all tensors (CPU default: a loop)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: cosine_lr(s, total_steps, warmup))
         self.max_grad_norm = max_grad_norm
 

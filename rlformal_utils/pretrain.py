@@ -69,12 +69,10 @@ def train_bpe_tokenizer(texts, vocab_size: int, extra_special_tokens: tuple[str,
 def left_pad(seqs, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad token lists (or 1-d tensors) into (input_ids, attention_mask), for generation and
     for reading the next token after each prompt."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    att = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.as_tensor(s, dtype=torch.long)
-        att[i, width - len(s):] = 1
+    seqs = [torch.as_tensor(s, dtype=torch.long) for s in seqs]
+    ids = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=pad_id, padding_side="left")
+    lengths = torch.tensor([len(s) for s in seqs])
+    att = (torch.arange(ids.shape[1])[None, :] >= ids.shape[1] - lengths[:, None]).long()
     return ids, att
 
 

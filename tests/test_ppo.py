@@ -139,3 +139,37 @@ def test_last_position_reads_each_prompts_own_last_token(base_dir, tok, problems
         first = torch.stack([lm(input_ids=x[None]).logits[0, 0] for x in q])
     torch.testing.assert_close(batched, expected, atol=1e-5, rtol=1e-5)
     assert (batched - first).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("size", ["tiny", "small"])
+def test_gpt2_last_position_equals_transformers_forward_and_gradients(tok, problems, size):
+    """The shortened GPT-2 pass (last block at the last position only) against transformers' own
+    full forward: same logits, same final hidden state, same gradients, with and without padding."""
+    from rlformal_utils.modes import disable_dropout
+    from rlformal_utils.one_token import gpt2_last_position, left_pad
+    model = disable_dropout(build_gpt2(size, tok, seed=1)).train()
+    padded = prompt_tensors(tok, problems[:24]) + [torch.tensor(tok.convert_tokens_to_ids(["[BOS]", "3", "+", "4", "="]))]
+    same = [x for x in padded if len(x) == len(padded[0])]
+    for q in (padded, same):
+        logits, hidden = last_position(model, q, with_hidden=True)
+        model.zero_grad()
+        (logits.logsumexp(-1) + hidden.square().sum(-1)).sum().backward()
+        ours = [p.grad.clone() for p in model.parameters()]
+        ids, mask = left_pad(q)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                    output_hidden_states=True)
+        model.zero_grad()
+        (out.logits[:, -1].logsumexp(-1) + out.hidden_states[-1][:, -1].square().sum(-1)).sum().backward()
+        torch.testing.assert_close(logits, out.logits[:, -1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(hidden, out.hidden_states[-1][:, -1], atol=1e-5, rtol=1e-5)
+        for a, (name, p) in zip(ours, model.named_parameters()):
+            assert (a - p.grad).abs().max() <= 1e-5 * (1 + p.grad.abs().max()), name
+    # with dropout on in train mode the shortened pass would be wrong: the model's own forward runs
+    noisy = build_gpt2(size, tok, seed=1).train()
+    torch.manual_seed(0)
+    a = last_position(noisy, same)
+    torch.manual_seed(1)
+    assert (a - last_position(noisy, same)).abs().max() > 0, "dropout did not act: the HF forward was not used"
+    with torch.no_grad():
+        torch.testing.assert_close(gpt2_last_position(noisy.eval(), torch.stack(same)),
+                                   noisy(input_ids=torch.stack(same), output_hidden_states=True).hidden_states[-1][:, -1])

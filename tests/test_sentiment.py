@@ -68,6 +68,18 @@ def test_classifier_reward_is_a_finite_float_for_any_string(classifier_dir):
     assert reward(["a fine film"])[0] == pytest.approx(float(x[0] @ reward.w + reward.b), abs=1e-5)
 
 
+def test_length_sorted_batches_give_each_text_its_own_embedding(classifier_dir):
+    """Batches of length-sorted texts come back in input order, equal to embedding each text alone."""
+    encoder = S.ClassifierReward(classifier_dir).encoder
+    texts = ["a fine film", "", "the plot is thin but the acting, the music and the camera work are superb",
+             "dull", None, "a fine film", "it drags"]
+    together = encoder(texts, batch_size=3)
+    alone = np.concatenate([encoder([t]) for t in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    assert np.abs(together[0] - together[2]).max() > 1e-2  # different texts, different rows
+    assert encoder([]).shape == (0, 384)
+
+
 def test_classifier_is_trained_once_then_reused_from_the_cache(classifier_dir, cache, monkeypatch):
     metrics = json.loads((classifier_dir / "metrics.json").read_text())
     assert metrics["n_train"] == SMOKE["classifier_max_train"]
