@@ -347,4 +347,7 @@ if __name__ == "__main__":  # python -m rlformal_utils.executors --child-of PID 
         sys.exit("usage: python -m rlformal_utils.executors --child-of PID <papermill arguments>")
     exit_with_parent(int(sys.argv[2]))
     sys.argv = ["papermill", *sys.argv[3:]]
+    # jsonschema (under nbformat) imports rfc3987_syntax when it is installed, and that builds a grammar
+    # at import: ~0.9 s of every run. Notebook validation never checks an IRI format, so skip the import.
+    sys.modules["rfc3987_syntax"] = None
     runpy.run_module("papermill", run_name="__main__", alter_sys=True)

@@ -7,13 +7,14 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 
 STABLE_METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Producer": None}}
 
 
 def style() -> None:
     """Readable at the size the README shows the figures: 10-11 pt text, light grid."""
+    import seaborn as sns  # here, not at the top: the run notebooks never need it (it imports scipy, ~0.5 s)
+
     sns.set_theme(context="notebook", style="whitegrid", font_scale=0.95)
     plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 110, "legend.fontsize": 9, "axes.titlesize": 11,
                          "svg.hashsalt": "rlformal"})

@@ -128,7 +128,8 @@ def sentiment_runs(profile: str) -> list[Run]:
         # KL 0.2 (trl's default coefficient, kept fixed) with 3 seeds; the sweep adds KL 0 (the paper's
         # effective setting) and 0.6, one seed each: with 2 seeds each (before 2026-11-30) their spread
         # was small (VADER positive sd 0.03 and 0.02), and the 2 extra runs cost 10 minutes of a core
-        seeds, sweep, sweep_seeds, probe = [0, 1, 2], [0.0, 0.6], [0], 128
+        # The prompt-format probe (first run) uses 64 prompts per format: 128 took 112 s of the 45-min budget
+        seeds, sweep, sweep_seeds, probe = [0, 1, 2], [0.0, 0.6], [0], 64
         step_s, overhead = 11.0, 40  # measured 2026-11-30, idle cores, one thread per run: 298-316 s per run
     elif profile == "smoke":  # seconds, for the tests: the tiny rt-gpt2, full fine-tuning
         base = dict(policy="rt-gpt2", lora_rank=0, prompt_format="plain", policy_size="tiny", policy_vocab_size=300,
@@ -149,7 +150,7 @@ def sentiment_runs(profile: str) -> list[Run]:
     runs = []
     for i, (kl, seed) in enumerate(settings):
         params = dict(base, kl_coef=kl, seed=seed, **({"format_probe_prompts": probe} if probe and i == 0 else {}))
-        runs.append(Run("sentiment", f"{label}_kl{kl:g}_s{seed}", params, est + (60 if probe and i == 0 else 0)))
+        runs.append(Run("sentiment", f"{label}_kl{kl:g}_s{seed}", params, est + (probe // 2 if probe and i == 0 else 0)))
     return runs
 
 
@@ -379,7 +380,7 @@ def main(argv=None) -> int:
                          "whose workers share this filesystem, or 'local' to start a LocalCluster of --jobs "
                          "workers here (default: local processes)")
     ap.add_argument("--results-dir", type=Path, help="default: results/ (quick) or results/<profile>/")
-    ap.add_argument("--figures-dir", type=Path, help="default: figures/ (quick) or figures/<profile>/")
+    ap.add_argument("--figures-dir", type=Path, help="default: figures/ (quick) or figures/<profile>/; <results-dir>/figures with --results-dir")
     ap.add_argument("--timings", action="store_true",
                     help="print results/timings.csv (one row per ./run_all.sh that trained) as the README's table and exit")
     args = ap.parse_args(argv)
@@ -391,7 +392,8 @@ def main(argv=None) -> int:
 
     sub = "" if args.profile == "quick" else args.profile
     results = (args.results_dir or REPO_ROOT / "results" / sub).resolve()
-    figures = (args.figures_dir or REPO_ROOT / "figures" / sub).resolve()
+    figures = (args.figures_dir or (args.results_dir / "figures" if args.results_dir else REPO_ROOT / "figures" / sub)
+               ).resolve()  # a --results-dir elsewhere never overwrites the repository's figures
     experiments = args.only or DEFAULT_EXPERIMENTS
     runs = [r for e in experiments for r in runs_for(e, args.profile)]
     if args.runs:
@@ -422,22 +424,45 @@ def main(argv=None) -> int:
         if failed is None:
             return 130
 
-    if not args.no_figures:  # on this machine, after the grid, whatever ran the grid
-        for e in experiments:
-            nb = NOTEBOOKS / FIGURE_NOTEBOOKS[e]
-            job = Job(f"{e} figures", str(nb), str(results), dict(results_dir=_rel(results / e),
-                      figures_dir=_rel(figures), profile=args.profile), FIGURE_NOTEBOOKS[e],
-                      os.cpu_count() or 1, thread_param=None)
-            try:
-                out = execute(job)
-            except KeyboardInterrupt:
-                print("\ninterrupted while drawing the figures", file=sys.stderr)
-                return 130
-            print(f"{'figures' if out.ok else 'FIGURES FAILED'}: {e} in {out.seconds:.0f} s {out.error}")
-            if not out.ok:
-                failed.append(e)
+    if not args.no_figures and not draw_figures(experiments, results, figures, args.profile, args.jobs, failed):
+        return 130
     print(f"total {(time.time() - t0) / 60:.1f} min; figures in {figures}, tables in {results}")
     return 1 if failed else 0
+
+
+def draw_figures(experiments, results: Path, figures: Path, profile: str, jobs: int, failed: list) -> bool:
+    """The figure notebooks, on this machine after the grid (whatever ran the grid), up to ``jobs`` at a
+    time; a failed one is added to ``failed``. False if interrupted."""
+    from concurrent.futures import ThreadPoolExecutor
+    import threading
+
+    stop = threading.Event()
+    width = max(1, min(jobs, len(experiments)))
+    threads = max(1, (os.cpu_count() or 1) // width)
+
+    def draw(e):
+        job = Job(f"{e} figures", str(NOTEBOOKS / FIGURE_NOTEBOOKS[e]), str(results),
+                  dict(results_dir=_rel(results / e), figures_dir=_rel(figures), profile=profile),
+                  FIGURE_NOTEBOOKS[e], threads, thread_param=None)
+        out = execute(job, should_stop=stop.is_set)
+        print(f"{'figures' if out.ok else 'FIGURES FAILED'}: {e} in {out.seconds:.0f} s {out.error}", flush=True)
+        if not out.ok:
+            failed.append(e)
+
+    pool = ThreadPoolExecutor(width)
+    futures = [pool.submit(draw, e) for e in experiments]
+    try:
+        for f in futures:
+            while not f.done():
+                time.sleep(0.2)  # short waits, so that Ctrl-C reaches this thread at once
+            f.result()
+    except KeyboardInterrupt:
+        stop.set()  # execute() kills each papermill and its kernel; nothing is left half-written
+        pool.shutdown(wait=True, cancel_futures=True)
+        print("\ninterrupted while drawing the figures", file=sys.stderr)
+        return False
+    pool.shutdown()
+    return True
 
 
 def _interrupt(signum, frame):

@@ -109,6 +109,16 @@ def test_dask_local_cluster_writes_the_same_runs_as_local_processes(tmp_path):
     assert again.returncode == 0 and "2 complete (skipped), 0 to run" in out
     assert len(pd.read_csv(dask / "timings.csv")) == 1  # nothing trained, no row
 
+    # the figure step over these two runs only: with --results-dir elsewhere the figures go next to the
+    # results, and the repository's figures are not touched
+    repo_figures = {f: f.stat().st_mtime_ns for f in (runner.REPO_ROOT / "figures").glob("arithmetic_*")}
+    drawn, out = run([a for a in runner_cmd(local) if a != "--no-figures"])
+    assert drawn.returncode == 0, out[-3000:]
+    assert "2 complete (skipped), 0 to run" in out and "figures: arithmetic in" in out
+    assert (local / "figures" / "arithmetic_reward.png").stat().st_size > 10_000
+    assert (local / "figures" / "arithmetic_histograms.png").exists()
+    assert {f: f.stat().st_mtime_ns for f in (runner.REPO_ROOT / "figures").glob("arithmetic_*")} == repo_figures
+
 
 def test_an_unreachable_scheduler_fails_fast_with_a_message_and_writes_nothing(tmp_path):
     with socket.socket() as s:  # a port nobody listens on

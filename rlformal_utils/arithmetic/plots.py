@@ -228,11 +228,20 @@ def fig_collapse(metrics: pd.DataFrame, arms: list[str], start: str):
     return fig
 
 
+def _no_runs_figure(message: str):
+    fig, ax = plt.subplots(figsize=(8, 1.2))
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
+    ax.set_axis_off()
+    return fig
+
+
 def fig_histograms(results_dir, runs: pd.DataFrame, arms: list[str], start: str, seed: int = 0):
     """Final held-out answer histograms (seed 0) of several arms against the true answers; each
     panel has its own y-axis so that a spread-out histogram is not flattened by a collapsed one."""
     chosen = [runs[(runs["arm"] == a) & (runs["start"] == start) & (runs["seed"] == seed)] for a in arms]
     chosen = [c.iloc[0] for c in chosen if len(c)]
+    if not chosen:  # e.g. after --runs with a pattern that ran none of these arms
+        return _no_runs_figure(f"no complete seed-{seed} run of {', '.join(arms)} ({start}) in {results_dir}")
     cols = min(3, len(chosen))
     rows = -(-len(chosen) // cols)
     fig, ax = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows), squeeze=False)
@@ -271,11 +280,20 @@ def fig_competent_start(runs: pd.DataFrame, start: str):
     return fig
 
 
+def _ppo_rows(metrics: pd.DataFrame, arm_filter: str) -> pd.DataFrame:
+    """The logged training steps of the PPO arms (none when no PPO run is in the results)."""
+    if "kl_coef" not in metrics:
+        return metrics.iloc[:0]
+    return metrics[metrics["arm"].str.startswith(arm_filter) & (metrics["answers_seen"] > 0)].dropna(subset=["kl_coef"])
+
+
 def fig_ppo_diagnostics(metrics: pd.DataFrame, arm_filter: str = "PPO"):
     """PPO internals per run: the KL estimate vs the exact KL, the adaptive coefficient, the value
     head's explained variance and its correlation with the return, and the probability mass on the
     banned tokens."""
-    m = metrics[metrics["arm"].str.startswith(arm_filter) & (metrics["answers_seen"] > 0)].dropna(subset=["kl_coef"])
+    m = _ppo_rows(metrics, arm_filter)
+    if m.empty:
+        return _no_runs_figure(f"no complete {arm_filter} run in these results")
     fig, ax = plt.subplots(1, 4, figsize=(17, 3.9))
     for i, (arm, d) in enumerate(m.groupby("arm", sort=False)):
         for j, (run, r) in enumerate(d.groupby("run")):
@@ -318,7 +336,7 @@ def findings(runs: pd.DataFrame, weak: str) -> str:
 def ppo_findings(metrics: pd.DataFrame) -> str:
     """What the PPO internals did, per run, read from the metrics: the KL estimate against the exact
     KL, the adaptive coefficient, the value head and the probability on banned tokens."""
-    m = metrics[metrics["arm"].str.startswith("PPO") & (metrics["answers_seen"] > 0)].dropna(subset=["kl_coef"])
+    m = _ppo_rows(metrics, "PPO")
     lines = []
     for (arm, run), r in m.groupby(["arm", "run"], sort=False):
         late = r[r["answers_seen"] >= r["answers_seen"].max() / 2]
