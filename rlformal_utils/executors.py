@@ -65,6 +65,7 @@ class Job:
     threads: int | None = None  # torch/BLAS threads; None: the Dask worker decides (its cores / its slots)
     thread_param: str | None = "torch_threads"  # the notebook parameter that receives the thread count
     env: tuple = ()             # (name, value) pairs set for the notebook (the client's RLFORMAL_* etc.)
+    prefix: str = ""            # of its notebook.partial.ipynb and papermill.log, when jobs share out_dir
 
 
 @dataclass
@@ -97,7 +98,7 @@ def execute(job: Job, should_stop: Callable[[], bool] | None = None) -> Outcome:
     interrupted) papermill and its kernel are killed and the run stays incomplete."""
     out_dir, threads = Path(job.out_dir), job.threads or 1
     out_dir.mkdir(parents=True, exist_ok=True)
-    partial, log = out_dir / "notebook.partial.ipynb", out_dir / "papermill.log"
+    partial, log = out_dir / f"{job.prefix}notebook.partial.ipynb", out_dir / f"{job.prefix}papermill.log"
     params = dict(job.params, **({job.thread_param: threads} if job.thread_param else {}))
     env = dict(os.environ, **dict(job.env))
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore",

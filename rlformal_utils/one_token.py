@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import devices
 from .entropy import batch_entropy_stats
 from .modes import disable_dropout, eval_mode
 from .pretrain import left_pad
@@ -37,18 +38,23 @@ def last_position(model, prompts: list[torch.Tensor], with_hidden: bool = False)
     (B, D) there, from ONE forward call: prompts are left-padded to a common length, with the
     attention mask and position ids that make each row compute exactly what it would alone.
     Differentiable; the caller decides about ``no_grad``. A GPT-2 with dropout off takes
-    ``gpt2_last_position`` (the same function, less work); any other model its own forward."""
+    ``gpt2_last_position`` (the same function, less work); any other model its own forward.
+    The model may sit on a GPU; the results always come back to the CPU (differentiably), where
+    answers are sampled and scored."""
     width = max(len(p) for p in prompts)
     ids, mask = (torch.stack(list(prompts)), None) if all(len(p) == width for p in prompts) else left_pad(prompts)
     positions = None if mask is None else (mask.cumsum(-1) - 1).clamp(min=0)
+    device = devices.of(model)
+    if device.type != "cpu":
+        ids, mask, positions = (None if t is None else t.to(device) for t in (ids, mask, positions))
     if _plain_gpt2(model):
         hidden = gpt2_last_position(model, ids, mask, positions)
         logits = model.lm_head(hidden).float()
-        return (logits, hidden) if with_hidden else logits
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                output_hidden_states=with_hidden, logits_to_keep=1)  # no LM head on the other positions
-    logits = out.logits[:, -1, :].float()
-    return (logits, out.hidden_states[-1][:, -1, :]) if with_hidden else logits
+    else:
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                    output_hidden_states=with_hidden, logits_to_keep=1)  # no LM head on the other positions
+        logits, hidden = out.logits[:, -1, :].float(), out.hidden_states[-1][:, -1, :] if with_hidden else None
+    return (logits.cpu(), hidden.cpu()) if with_hidden else logits.cpu()  # .cpu() of a CPU tensor is itself
 
 
 def _plain_gpt2(model) -> bool:
@@ -71,11 +77,11 @@ def gpt2_last_position(model, ids: torch.Tensor, mask: torch.Tensor | None = Non
     attends to itself only, so it stays finite and is never attended to."""
     gpt = model.transformer
     B, T = ids.shape
-    h = gpt.wte(ids) + gpt.wpe(positions if positions is not None else torch.arange(T)[None])
+    h = gpt.wte(ids) + gpt.wpe(positions if positions is not None else torch.arange(T, device=ids.device)[None])
     allowed = None
     if mask is not None:
-        causal = torch.ones(T, T, dtype=torch.bool).tril()
-        allowed = (causal & mask[:, None, :].bool()) | torch.eye(T, dtype=torch.bool)  # (B, T, T)
+        causal = torch.ones(T, T, dtype=torch.bool, device=ids.device).tril()
+        allowed = (causal & mask[:, None, :].bool()) | torch.eye(T, dtype=torch.bool, device=ids.device)  # (B, T, T)
         allowed = allowed[:, None]                                                       # (B, 1, T, T)
     for i, block in enumerate(gpt.h):
         last = i == len(gpt.h) - 1

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .executors import DaskCluster, Job, LocalProcesses, SchedulerUnreachable, execute, forwarded_env
+from .executors import DaskCluster, Job, LocalProcesses, Outcome, SchedulerUnreachable, execute, forwarded_env
 from .runs import REPO_ROOT, is_complete
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
@@ -130,7 +130,7 @@ def sentiment_runs(profile: str) -> list[Run]:
         # was small (VADER positive sd 0.03 and 0.02), and the 2 extra runs cost 10 minutes of a core
         # The prompt-format probe (first run) uses 64 prompts per format: 128 took 112 s of the 45-min budget
         seeds, sweep, sweep_seeds, probe = [0, 1, 2], [0.0, 0.6], [0], 64
-        step_s, overhead = 11.0, 40  # measured 2026-11-30, idle cores, one thread per run: 298-316 s per run
+        step_s, overhead = 11.0, 40  # measured 2026-11-30, idle cores, one thread per run: 307-319 s per run
     elif profile == "smoke":  # seconds, for the tests: the tiny rt-gpt2, full fine-tuning
         base = dict(policy="rt-gpt2", lora_rank=0, prompt_format="plain", policy_size="tiny", policy_vocab_size=300,
                     pretrain_steps=2, reward="minilm-logreg", classifier_max_train=60, likeness_bank=40, ppo_steps=2,
@@ -443,8 +443,11 @@ def draw_figures(experiments, results: Path, figures: Path, profile: str, jobs: 
     def draw(e):
         job = Job(f"{e} figures", str(NOTEBOOKS / FIGURE_NOTEBOOKS[e]), str(results),
                   dict(results_dir=_rel(results / e), figures_dir=_rel(figures), profile=profile),
-                  FIGURE_NOTEBOOKS[e], threads, thread_param=None)
-        out = execute(job, should_stop=stop.is_set)
+                  FIGURE_NOTEBOOKS[e], threads, thread_param=None, prefix=f"{e}_figures.")  # side by side in results/
+        try:
+            out = execute(job, should_stop=stop.is_set)
+        except Exception as exc:  # e.g. an unreadable executed copy: this figure failed, the others go on
+            out = Outcome(False, 0.0, repr(exc))
         print(f"{'figures' if out.ok else 'FIGURES FAILED'}: {e} in {out.seconds:.0f} s {out.error}", flush=True)
         if not out.ok:
             failed.append(e)

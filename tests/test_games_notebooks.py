@@ -30,7 +30,7 @@ def test_the_games_declaration_is_consistent():
     names = [p.name for p in P.PARAMS]
     assert len(names) == len(set(names))
     config = P.check(defaults(P.PARAMS))  # the defaults pass, and so does every profile of the runner
-    assert "output_dir" not in config and "torch_threads" not in config and len(config) == len(names) - 2
+    assert not {"output_dir", "torch_threads", "device"} & set(config) and len(config) == len(names) - 3
     for profile in ("quick", "smoke", "paper"):
         for run in games_runs(profile):
             P.check(dict(defaults(P.PARAMS), **run.params))
@@ -107,7 +107,7 @@ def test_the_smoke_run_writes_a_complete_run(smoke):
     run = smoke["run"]
     config = json.loads((run / "config.json").read_text())
     assert config == {k: v for k, v in dict(defaults(P.PARAMS), **SMOKE.params).items()
-                      if k not in ("output_dir", "torch_threads")}
+                      if k not in ("output_dir", "torch_threads", "device")}
     summary = json.loads((run / "summary.json").read_text())
     original = summary["heldout"]["original"]  # the original middles rebuild the bundled held-out games
     assert original["n"] == 4 and original["compile_share"] == original["playable_share"] == original["exact_share"] == 1.0

@@ -39,10 +39,29 @@ def test_the_sentiment_declaration_is_consistent_and_prints_its_reference():
     names = [p.name for p in SP.PARAMS]
     assert len(names) == len(set(names)) and names[0] == "output_dir"
     config = SP.check(defaults(SP.PARAMS))  # the defaults themselves pass
-    assert set(config) == set(names) - {"output_dir", "torch_threads"}
+    assert set(config) == set(names) - {"output_dir", "torch_threads", "device"}
     assert SP.judge_name(config) == "vader" and SP.judge_name(dict(config, reward="vader")) == "minilm-logreg"
     printed = subprocess.run([sys.executable, "-m", "rlformal_utils.params", "sentiment"], capture_output=True,
                              text=True, check=True).stdout
     assert printed.strip() == f"## sentiment\n\n{reference(SP.PARAMS)}"
     assert "| `policy` | `'smollm2-135m'` | one of ['rt-gpt2', 'smollm2-135m'] or a hub causal LM id" in printed
     assert "| `output_dir` | `'../scratch/sentiment'` | a str |" in printed
+
+
+@pytest.mark.parametrize("experiment", ["arithmetic", "sentiment", "games"])
+def test_device_auto_is_a_gpu_when_torch_sees_one_and_cuda_without_one_stops_the_check(experiment, monkeypatch):
+    import importlib
+    import torch
+    from rlformal_utils import devices
+    P = importlib.import_module(f"rlformal_utils.{experiment}.params")
+    values = defaults(P.PARAMS)
+    assert values["device"] == "auto" and "device" not in P.check(values)  # bookkeeping, like the threads
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert devices.resolve("auto") == devices.resolve("cpu") == torch.device("cpu")
+    with pytest.raises(ParameterError, match=r"device='cuda' is not allowed on this machine: torch sees no CUDA GPU.*'auto' or 'cpu'"):
+        P.check(dict(values, device="cuda"))
+    with pytest.raises(ParameterError, match=r"device='tpu' is not allowed: it must be one of \['auto', 'cpu', 'cuda'\]"):
+        P.check(dict(values, device="tpu"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert devices.resolve("auto") == devices.resolve("cuda") == torch.device("cuda")
+    assert P.check(dict(values, device="cuda")) == P.check(values)

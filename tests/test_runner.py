@@ -271,3 +271,30 @@ def test_the_timings_table_is_drawn_from_timings_csv(tmp_path):
     lines = timings_table(tmp_path).splitlines()
     assert lines[0] == "| profile | experiments | runs | jobs | wall seconds | wall minutes |"
     assert lines[2] == "| quick | games | 2 | 2 | 1145.2 | 19.1 |" and len(lines) == 3
+
+
+def test_figure_notebooks_run_side_by_side_in_one_results_folder(tmp_path, monkeypatch):
+    """Two figure notebooks at once write into the same results folder: each keeps its own partial
+    copy and log while it runs, and both end as their executed notebooks (no collision)."""
+    import nbformat
+    n_cells = {"one": 20, "two": 40}  # ~3 s and ~6 s
+    for e in ("one", "two"):
+        nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                                "language": "python"}})
+        nb.cells = [nbformat.v4.new_code_cell("results_dir = figures_dir = profile = None", metadata={"tags": ["parameters"]}),
+                    nbformat.v4.new_code_cell(f"import pathlib, time\npathlib.Path(figures_dir, '{e}.txt').write_text(profile)")]
+        # many short cells: papermill saves its partial copy after each, so a shared copy would be overwritten
+        nb.cells += [nbformat.v4.new_code_cell(f"print('this is {e}'); time.sleep(0.15)") for _ in range(n_cells[e])]
+        nbformat.write(nb, tmp_path / f"{e}_figures.ipynb")
+    monkeypatch.setattr(runner, "NOTEBOOKS", tmp_path)
+    monkeypatch.setattr(runner, "FIGURE_NOTEBOOKS", {"one": "one_figures.ipynb", "two": "two_figures.ipynb"})
+    results, figures, failed = tmp_path / "results", tmp_path / "figures", []
+    figures.mkdir()
+    t = time.time()
+    assert runner.draw_figures(["one", "two"], results, figures, "smoke", 2, failed) and failed == []
+    assert time.time() - t < 3 + 6 + 2  # side by side (one after the other: 9 s of cells and two kernel starts)
+    assert sorted(p.name for p in results.iterdir()) == ["one_figures.ipynb", "two_figures.ipynb"]
+    for e, other in (("one", "two"), ("two", "one")):
+        executed = (results / f"{e}_figures.ipynb").read_text()
+        assert f"this is {e}" in executed and f"this is {other}" not in executed
+    assert (figures / "one.txt").read_text() == (figures / "two.txt").read_text() == "smoke"

@@ -1,4 +1,5 @@
 """Every parameter of the arithmetic notebook, declared once (see ``rlformal_utils.params``)."""
+from ..devices import DEVICES
 from ..params import Param
 from ..pretrain import MODEL_SIZES
 
@@ -43,14 +44,18 @@ PARAMS = [
           low=8, high=100_000),
     Param("n_evals", 16, "evaluations, evenly spaced in log(answers seen)", low=1, high=1000),
     Param("torch_threads", 0, "torch threads, 0 means the torch default", low=0, high=256, config=False),
+    Param("device", "auto", "where the models compute: auto picks a CUDA GPU if torch sees one, else the CPU",
+          choices=DEVICES, config=False),
 ]
 
 
 def check(values: dict) -> dict:
     """Check every parameter and the rules that tie them together; return the run's config."""
+    from ..devices import resolve as resolve_device
     from ..params import check_all
     from ..runs import ParameterError
     config = check_all(PARAMS, values)
+    resolve_device(values["device"])  # 'cuda' on a machine without one stops here
     if config["engine"] == "trl" and config["algorithm"] != "ppo":
         raise ParameterError(f"parameter engine='trl' needs algorithm='ppo' (got algorithm={config['algorithm']!r}); "
                              "allowed engines for it: ['fast']")

@@ -36,14 +36,15 @@ def evaluate_sets(model, tokenizer, sets: dict, seed: int) -> tuple[dict, dict]:
 class _TrlEngine:
     """trl 0.11.4's own ``PPOTrainer.step`` (slow; kept to check the fast path against)."""
 
-    def __init__(self, config, policy_dir, tokenizer):
+    def __init__(self, config, policy_dir, tokenizer, device):
         from ..ppo import make_trainer
         c_tok, c_batch = entropy_coefs(config)
         self.trainer = make_trainer(
             str(policy_dir), tokenizer, learning_rate=config["rl_lr"], batch_size=config["prompts_per_step"],
             mini_batch_size=config["mini_batch_size"] or config["prompts_per_step"], ppo_epochs=config["epochs"],
             kl_mode=config["kl_reference"], kl_coef=config["kl_coef"], adaptive_kl=config["adaptive_kl"],
-            token_entropy_coef=c_tok, batch_entropy_coef=c_batch, seed=config["seed"])
+            token_entropy_coef=c_tok, batch_entropy_coef=c_batch, seed=config["seed"],
+            accelerator_kwargs={"cpu": torch.device(device).type == "cpu"})  # accelerate would take any GPU
         self.model = self.trainer.model.pretrained_model
 
     def step(self, prompts, answers, problems, words):
@@ -55,15 +56,15 @@ class _TrlEngine:
                     train_token_entropy=s["ppo/policy/token_entropy"], train_batch_entropy=s["ppo/policy/batch_entropy"])
 
 
-def make_trainer(config: dict, policy_dir, tokenizer):
-    """The update named by ``config['algorithm']`` and ``config['engine']`` around a fresh policy."""
+def make_trainer(config: dict, policy_dir, tokenizer, device="cpu"):
+    """The update named by ``config['algorithm']`` and ``config['engine']`` around a fresh policy on ``device``."""
     algorithm, c = config["algorithm"], config
     c_tok, c_batch = entropy_coefs(config)
     ban = banned_ids(tokenizer)
     torch.manual_seed(c["seed"])  # value-head init
     if algorithm == "ppo" and c["engine"] == "trl":
-        return _TrlEngine(config, policy_dir, tokenizer)
-    policy = load_policy(policy_dir)
+        return _TrlEngine(config, policy_dir, tokenizer, device)
+    policy = load_policy(policy_dir).to(device)
     if algorithm == "group":
         kl_coef = c["kl_coef"] if c["kl_reference"] == "frozen" else 0.0
         cfg = one_token.GroupConfig(k=c["k"], epochs=c["epochs"], lr=c["rl_lr"], total_steps=c["steps"],
@@ -81,13 +82,14 @@ def make_trainer(config: dict, policy_dir, tokenizer):
     return None  # "none": the base model, evaluated only
 
 
-def train(config: dict, policy_dir, tokenizer, rl_problems: list[task.Problem], eval_sets: dict, log) -> dict:
-    """Run the configured update for ``config['steps']`` steps; log metrics rows to ``log``.
-    Returns the trained model, the final evaluation and the time spent."""
+def train(config: dict, policy_dir, tokenizer, rl_problems: list[task.Problem], eval_sets: dict, log,
+          device="cpu") -> dict:
+    """Run the configured update for ``config['steps']`` steps with the policy on ``device``; log
+    metrics rows to ``log``. Returns the trained model, the final evaluation and the time spent."""
     seed, P = config["seed"], config["prompts_per_step"]
     steps = 0 if config["algorithm"] == "none" else config["steps"]
-    trainer = make_trainer(config, policy_dir, tokenizer)
-    model = load_policy(policy_dir) if trainer is None else trainer.model
+    trainer = make_trainer(config, policy_dir, tokenizer, device)
+    model = load_policy(policy_dir).to(device) if trainer is None else trainer.model
     ban = banned_ids(tokenizer)
     numbers = task.number_token_ids(tokenizer)
     gen = torch.Generator().manual_seed(seed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM, StoppingCriteria, StoppingCriteriaList
 
+from .. import devices
 from ..modes import eval_mode
 from ..pretrain import MODEL_SIZES, build_gpt2, left_pad, train_bpe_tokenizer, train_lm
 from ..runs import atomic_write_text, cached_dir
@@ -76,10 +77,10 @@ def sft_model_dir(config: dict, data: FimData):
     return cached_dir("games-sft", key, build)
 
 
-def load_sft(folder):
-    """(model, tokenizer) from an SFT folder; the tokenizer right-padded (trl's training pass assumes it)."""
+def load_sft(folder, device="cpu"):
+    """(model on ``device``, tokenizer) from an SFT folder; the tokenizer right-padded (trl's training pass assumes it)."""
     from ..pretrained import load_tokenizer
-    return AutoModelForCausalLM.from_pretrained(folder), load_tokenizer(folder)
+    return AutoModelForCausalLM.from_pretrained(folder).to(device), load_tokenizer(folder)
 
 
 # ----------------------------------------------------------------------------- sampling middles
@@ -131,11 +132,11 @@ def generate_middles(model, tokenizer, prompts: list[list[int]], *, max_new_toke
     leaves the model in the mode it was in."""
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     sampling = dict(do_sample=False) if greedy else dict(do_sample=True, top_k=0, top_p=1.0, temperature=1.0)
-    out = []
+    out, device = [], devices.of(model)
     with eval_mode(model):
         for i in range(0, len(prompts), batch_size):
             ids, att = left_pad(prompts[i:i + batch_size], pad)
-            width = ids.shape[1]
+            ids, att, width = ids.to(device), att.to(device), ids.shape[1]
             gen = model.generate(input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens, pad_token_id=pad,
                                  eos_token_id=eos, stopping_criteria=StoppingCriteriaList([_BalancedStop(tokenizer, width)]),
                                  **sampling)

@@ -1,4 +1,5 @@
 """Every parameter of the games notebook, declared once (see ``rlformal_utils.params``)."""
+from ..devices import DEVICES
 from ..params import Param
 from ..ppo import KL_MODES
 from ..pretrain import MODEL_SIZES
@@ -45,16 +46,20 @@ PARAMS = [
     # evaluation
     Param("n_eval", 48, "held-out examples scored per arm, one sampled middle each", low=1, high=100_000),
     Param("torch_threads", 0, "torch threads, 0 means the torch default", low=0, high=256, config=False),
+    Param("device", "auto", "where the models compute: auto picks a CUDA GPU if torch sees one, else the CPU",
+          choices=DEVICES, config=False),
 ]
 
 
 def check(values: dict) -> dict:
     """Check every parameter and the rules that tie them together; return the run's config."""
+    from ..devices import resolve as resolve_device
     from ..params import check_all
     from ..pretrained import check_hub_name
     from ..runs import ParameterError
     from .fim import bundled_games
     config = check_all(PARAMS, values)
+    resolve_device(values["device"])  # 'cuda' on a machine without one stops here
     check_hub_name("model_size", config["model_size"], MODELS, "causal-LM")
     games = sorted(bundled_games())
     held, ppo = config["heldout_games"], config["ppo_games"]

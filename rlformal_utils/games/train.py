@@ -19,7 +19,7 @@ def ppo_prompts(examples: list[FimExample], ppo_games: list[str]) -> list[FimExa
     return [e for e in examples if not ppo_games or e.game in ppo_games]
 
 
-def make_trainer(config: dict, sft_dir, tokenizer):
+def make_trainer(config: dict, sft_dir, tokenizer, device="cpu"):
     """trl's PPOTrainer (with the entropy terms of ``rlformal_utils.ppo``) around the SFT model;
     seeds everything first, so the run's sampling does not depend on what ran before."""
     c = config
@@ -28,7 +28,8 @@ def make_trainer(config: dict, sft_dir, tokenizer):
                             mini_batch_size=c["ppo_mini_batch_size"], ppo_epochs=c["ppo_epochs"],
                             kl_mode=c["kl_mode"], kl_coef=c["kl_coef"], adaptive_kl=c["adaptive_kl"],
                             token_entropy_coef=c["token_entropy_coef"],
-                            batch_entropy_coef=c["batch_entropy_coef"], seed=c["seed"])
+                            batch_entropy_coef=c["batch_entropy_coef"], seed=c["seed"],
+                            accelerator_kwargs={"cpu": torch.device(device).type == "cpu"})  # else accelerate takes a GPU
 
 
 def train(config: dict, trainer, tokenizer, prompts: list[FimExample], rewarder, known: set[str], log) -> float:

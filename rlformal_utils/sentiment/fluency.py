@@ -8,6 +8,7 @@ import re
 import numpy as np
 import torch
 
+from .. import devices
 from ..modes import eval_mode
 from ..runs import cached_dir
 
@@ -55,8 +56,9 @@ def response_nll(model, queries, responses, pad_id: int, batch_size: int = 64) -
             for i, x in enumerate(seqs):
                 ids[i, :len(x)] = x
                 att[i, :len(x)] = 1
-            logp = torch.log_softmax(model(input_ids=ids, attention_mask=att).logits[:, :-1].float(), -1)
-            tok_logp = logp.gather(-1, ids[:, 1:, None])[..., 0]
+            device = devices.of(model)
+            logits = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits[:, :-1].float().cpu()
+            tok_logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
             for i, (q, r) in enumerate(zip(qs, rs)):
                 a = len(q) - 1  # logits at position t predict token t + 1
                 out[s + i] = (-tok_logp[i, a:a + len(r)].sum().item(), len(r))

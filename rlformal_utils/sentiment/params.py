@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..devices import DEVICES
 from ..params import Param
 from ..ppo import KL_MODES
 from ..pretrain import MODEL_SIZES
@@ -85,14 +86,18 @@ PARAMS = [
     Param("eval_every", 0, "held-out evaluation every this many steps (0: before/after only)", low=0),
     Param("n_examples", 12, "rows of the before/after example table", low=0),
     Param("torch_threads", 0, "torch threads, 0 means the torch default", low=0, config=False),
+    Param("device", "auto", "where the models compute: auto picks a CUDA GPU if torch sees one, else the CPU",
+          choices=DEVICES, config=False),
 ]
 
 
 def check(values: dict) -> dict:
     """Check every parameter and the rules that tie them together; return the run's config."""
+    from ..devices import resolve as resolve_device
     from ..params import check_all
     from ..runs import ParameterError
     config = check_all(PARAMS, values)
+    resolve_device(values["device"])  # 'cuda' on a machine without one stops here
     for high, low, top in [("prompt_max_tokens", "prompt_min_tokens", 64),
                            ("response_max_tokens", "response_min_tokens", 256)]:
         if config[high] < config[low]:

@@ -144,17 +144,18 @@ def prepare_policy(config: dict, cache_dir=None) -> tuple[Path, object, bool, di
     return folder, load_tokenizer(folder), prepend_bos, pretraining
 
 
-def build_trainer(config: dict, model_dir, tokenizer):
-    """(trl trainer, the policy LM it trains, the frozen base for perplexity). With LoRA the frozen
-    base is None: it is the policy with its adapter disabled, as for trl's KL reference."""
+def build_trainer(config: dict, model_dir, tokenizer, device="cpu"):
+    """(trl trainer, the policy LM it trains, the frozen base for perplexity), on ``device``. With LoRA
+    the frozen base is None: it is the policy with its adapter disabled, as for trl's KL reference."""
     from transformers import AutoModelForCausalLM
     trainer = make_policy_trainer(model_dir, tokenizer, lora_rank=config["lora_rank"], learning_rate=config["ppo_lr"],
                                   batch_size=config["ppo_batch_size"], mini_batch_size=config["ppo_mini_batch_size"],
                                   ppo_epochs=config["ppo_epochs"], kl_mode=config["kl_mode"],
-                                  kl_coef=config["kl_coef"], adaptive_kl=config["adaptive_kl"], seed=config["seed"])
+                                  kl_coef=config["kl_coef"], adaptive_kl=config["adaptive_kl"], seed=config["seed"],
+                                  accelerator_kwargs={"cpu": torch.device(device).type == "cpu"})  # else any GPU
     base = None
     if not config["lora_rank"]:
-        base = disable_dropout(AutoModelForCausalLM.from_pretrained(model_dir)).eval()
+        base = disable_dropout(AutoModelForCausalLM.from_pretrained(model_dir)).eval().to(device)
     return trainer, trainer.model.pretrained_model, base
 
 

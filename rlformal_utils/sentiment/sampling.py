@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import devices
 from ..modes import eval_mode
 from ..pretrain import left_pad
 
@@ -77,11 +78,12 @@ def sample_responses(model, tokenizer, queries: list[torch.Tensor], lengths: lis
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     banned = sorted({pad, tokenizer.bos_token_id} - {eos, None})
     out: list[torch.Tensor] = []
+    device = devices.of(model)
     with eval_mode(model):
         for s in range(0, len(queries), batch_size):
             qs, ls = queries[s:s + batch_size], lengths[s:s + batch_size]
             ids, att = left_pad(qs, pad)
-            width = ids.shape[1]
+            ids, att, width = ids.to(device), att.to(device), ids.shape[1]
             gen = model.generate(input_ids=ids, attention_mask=att, do_sample=True, top_k=top_k, top_p=top_p,
                                  temperature=temperature, max_new_tokens=max(ls), min_new_tokens=1,
                                  pad_token_id=pad, eos_token_id=eos, suppress_tokens=banned or None)
@@ -90,7 +92,7 @@ def sample_responses(model, tokenizer, queries: list[torch.Tensor], lengths: lis
                 hits = (row == eos).nonzero()
                 if len(hits):
                     row = row[: hits[0, 0] + 1]  # keep the EOS itself
-                out.append(row.clone())
+                out.append(row.clone().cpu())  # responses live on the CPU, like the prompts
     return out
 
 
