@@ -3,8 +3,8 @@
 The choice is bookkeeping, like the thread count: it is not part of ``config.json``. What runs
 where:
 - arithmetic: the policy (and its frozen reference) on the device; the next-token logits come
-  back to the CPU, where answers are sampled (the same random stream on any device), scored and
-  turned into losses. Pretraining the weak base model stays on the CPU (seconds; its cache is
+  back to the CPU, where answers are sampled (with the run's CPU generator on any device), scored
+  and turned into losses. Pretraining the weak base model stays on the CPU (seconds; its cache is
   then the same on every machine).
 - sentiment and games: trl's ``PPOTrainer`` (accelerate) puts the policy on the device; sampling
   and the evaluation send their token ids to the model's device. The reward models stay on the CPU.
@@ -29,6 +29,12 @@ def resolve(device: str) -> torch.device:
         raise ParameterError("parameter device='cuda' is not allowed on this machine: torch sees no CUDA GPU "
                              "(torch.cuda.is_available() is False); use 'auto' or 'cpu'")
     return torch.device(device)
+
+
+def trl_kwargs(device) -> dict:
+    """What trl's ``PPOConfig`` needs to keep its models on ``device``: accelerate would otherwise
+    move them to any GPU it sees."""
+    return {"accelerator_kwargs": {"cpu": torch.device(device).type == "cpu"}}
 
 
 def of(model: torch.nn.Module) -> torch.device:

@@ -58,10 +58,12 @@ def test_device_auto_is_a_gpu_when_torch_sees_one_and_cuda_without_one_stops_the
     assert values["device"] == "auto" and "device" not in P.check(values)  # bookkeeping, like the threads
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert devices.resolve("auto") == devices.resolve("cpu") == torch.device("cpu")
+    assert devices.trl_kwargs(devices.resolve("auto")) == {"accelerator_kwargs": {"cpu": True}}  # trl stays off GPUs
     with pytest.raises(ParameterError, match=r"device='cuda' is not allowed on this machine: torch sees no CUDA GPU.*'auto' or 'cpu'"):
         P.check(dict(values, device="cuda"))
     with pytest.raises(ParameterError, match=r"device='tpu' is not allowed: it must be one of \['auto', 'cpu', 'cuda'\]"):
         P.check(dict(values, device="tpu"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert devices.resolve("auto") == devices.resolve("cuda") == torch.device("cuda")
+    assert devices.trl_kwargs(devices.resolve("auto")) == {"accelerator_kwargs": {"cpu": False}}
     assert P.check(dict(values, device="cuda")) == P.check(values)

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import torch
 
-from .. import one_token
+from .. import devices, one_token
 from ..modes import eval_mode
 from ..progress import Progress
 from . import task
@@ -43,8 +43,7 @@ class _TrlEngine:
             str(policy_dir), tokenizer, learning_rate=config["rl_lr"], batch_size=config["prompts_per_step"],
             mini_batch_size=config["mini_batch_size"] or config["prompts_per_step"], ppo_epochs=config["epochs"],
             kl_mode=config["kl_reference"], kl_coef=config["kl_coef"], adaptive_kl=config["adaptive_kl"],
-            token_entropy_coef=c_tok, batch_entropy_coef=c_batch, seed=config["seed"],
-            accelerator_kwargs={"cpu": torch.device(device).type == "cpu"})  # accelerate would take any GPU
+            token_entropy_coef=c_tok, batch_entropy_coef=c_batch, seed=config["seed"], **devices.trl_kwargs(device))
         self.model = self.trainer.model.pretrained_model
 
     def step(self, prompts, answers, problems, words):

@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from .. import devices
 from ..ppo import make_trainer as make_ppo_trainer
 from ..progress import Progress
 from ..runs import set_seed
@@ -28,8 +29,7 @@ def make_trainer(config: dict, sft_dir, tokenizer, device="cpu"):
                             mini_batch_size=c["ppo_mini_batch_size"], ppo_epochs=c["ppo_epochs"],
                             kl_mode=c["kl_mode"], kl_coef=c["kl_coef"], adaptive_kl=c["adaptive_kl"],
                             token_entropy_coef=c["token_entropy_coef"],
-                            batch_entropy_coef=c["batch_entropy_coef"], seed=c["seed"],
-                            accelerator_kwargs={"cpu": torch.device(device).type == "cpu"})  # else accelerate takes a GPU
+                            batch_entropy_coef=c["batch_entropy_coef"], seed=c["seed"], **devices.trl_kwargs(device))
 
 
 def train(config: dict, trainer, tokenizer, prompts: list[FimExample], rewarder, known: set[str], log) -> float:

@@ -45,7 +45,7 @@ def response_nll(model, queries, responses, pad_id: int, batch_size: int = 64) -
     """Summed negative log-likelihood (nats) of each response given its prompt under ``model`` (a
     causal LM), and per-response token counts: returns an array of shape (n, 2). Runs in eval mode
     without gradients and leaves the model in the mode it found."""
-    out = np.zeros((len(queries), 2))
+    out, device = np.zeros((len(queries), 2)), devices.of(model)
     with eval_mode(model):
         for s in range(0, len(queries), batch_size):
             qs, rs = queries[s:s + batch_size], responses[s:s + batch_size]
@@ -56,7 +56,6 @@ def response_nll(model, queries, responses, pad_id: int, batch_size: int = 64) -
             for i, x in enumerate(seqs):
                 ids[i, :len(x)] = x
                 att[i, :len(x)] = 1
-            device = devices.of(model)
             logits = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits[:, :-1].float().cpu()
             tok_logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
             for i, (q, r) in enumerate(zip(qs, rs)):

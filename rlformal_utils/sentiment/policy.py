@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import devices
 from ..modes import disable_dropout, eval_mode
 from ..pretrain import build_gpt2, pad_batch, train_bpe_tokenizer, train_lm
 from ..pretrained import SMOLLM2, causal_lm_dir, load_tokenizer
@@ -152,7 +153,7 @@ def build_trainer(config: dict, model_dir, tokenizer, device="cpu"):
                                   batch_size=config["ppo_batch_size"], mini_batch_size=config["ppo_mini_batch_size"],
                                   ppo_epochs=config["ppo_epochs"], kl_mode=config["kl_mode"],
                                   kl_coef=config["kl_coef"], adaptive_kl=config["adaptive_kl"], seed=config["seed"],
-                                  accelerator_kwargs={"cpu": torch.device(device).type == "cpu"})  # else any GPU
+                                  **devices.trl_kwargs(device))
     base = None
     if not config["lora_rank"]:
         base = disable_dropout(AutoModelForCausalLM.from_pretrained(model_dir)).eval().to(device)
