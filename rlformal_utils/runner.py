@@ -130,7 +130,7 @@ def sentiment_runs(profile: str) -> list[Run]:
         # was small (VADER positive sd 0.03 and 0.02), and the 2 extra runs cost 10 minutes of a core
         # The prompt-format probe (first run) uses 64 prompts per format: 128 took 112 s of the 45-min budget
         seeds, sweep, sweep_seeds, probe = [0, 1, 2], [0.0, 0.6], [0], 64
-        step_s, overhead = 11.0, 40  # measured 2026-11-30, idle cores, one thread per run: 307-319 s per run
+        step_s, overhead = 8.5, 40  # measured 2026-11-30, idle cores, one thread per run (lean forward passes)
     elif profile == "smoke":  # seconds, for the tests: the tiny rt-gpt2, full fine-tuning
         base = dict(policy="rt-gpt2", lora_rank=0, prompt_format="plain", policy_size="tiny", policy_vocab_size=300,
                     pretrain_steps=2, reward="minilm-logreg", classifier_max_train=60, likeness_bank=40, ppo_steps=2,

@@ -134,18 +134,33 @@ def config_key(config: dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def cached_dir(kind: str, config: dict, build, cache_dir: str | os.PathLike | None = None) -> Path:
+def cache_path(kind: str, config: dict, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where ``cached_dir`` keeps (or will keep) the folder of this configuration."""
+    return Path(cache_dir or CACHE_DIR) / kind / config_key(config)
+
+
+def is_cached(folder: Path) -> bool:
+    """True once a ``cached_dir`` build of ``folder`` has finished."""
+    return (folder / "rlformal_config.json").exists()
+
+
+def cached_dir(kind: str, config: dict, build, cache_dir: str | os.PathLike | None = None,
+               wait: bool = True) -> Path | None:
     """Return ``<cache>/<kind>/<hash of config>``, calling ``build(tmp_dir)`` first when it
     is missing. ``build`` writes into a temporary folder that is renamed only when it
-    returns, so an interrupted build is never mistaken for a finished one."""
-    root = Path(cache_dir or CACHE_DIR) / kind
-    final = root / config_key(config)
-    if (final / "rlformal_config.json").exists():
+    returns, so an interrupted build is never mistaken for a finished one. While another
+    process builds the same folder, wait for it, or with ``wait=False`` return None at once."""
+    final = cache_path(kind, config, cache_dir)
+    if is_cached(final):
         return final
+    root = final.parent
     root.mkdir(parents=True, exist_ok=True)
     with open(root / f"{final.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel runs wait for one build instead of racing
-        if (final / "rlformal_config.json").exists():
+        try:  # parallel runs wait for one build instead of racing
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return None
+        if is_cached(final):
             return final
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=".building-"))
         try:

@@ -66,6 +66,26 @@ def test_cache_builds_once_and_never_keeps_a_failed_build(tmp_path):
     assert not list((tmp_path / "m").glob(".building-*"))
 
 
+def test_cache_without_waiting_skips_a_folder_another_process_is_building(tmp_path):
+    import fcntl
+    calls = []
+
+    def build(d):
+        calls.append(d)
+        (d / "part.bin").write_text("p")
+
+    folder = runs.cache_path("m", {"part": 0}, tmp_path)
+    folder.parent.mkdir(parents=True)
+    with open(folder.parent / f"{folder.name}.lock", "w") as other:  # another process builds it
+        fcntl.flock(other, fcntl.LOCK_EX)
+        assert runs.cached_dir("m", {"part": 0}, build, tmp_path, wait=False) is None
+        assert not calls and not runs.is_cached(folder)
+    # free again: the same call builds it, and a later one only reads it
+    assert runs.cached_dir("m", {"part": 0}, build, tmp_path, wait=False) == folder
+    assert runs.cached_dir("m", {"part": 0}, build, tmp_path, wait=False) == folder
+    assert len(calls) == 1 and runs.is_cached(folder)
+
+
 def test_runner_passes_small_floats_to_papermill_as_floats():
     import yaml
     from rlformal_utils.executors import yaml_params

@@ -99,6 +99,47 @@ def test_classifier_is_trained_once_then_reused_from_the_cache(classifier_dir, c
     assert again == classifier_dir and (again / "weights.json").stat().st_mtime_ns == stamp
 
 
+def test_shared_embeddings_equal_the_encoders_and_parallel_runs_share_out_the_parts(classifier_dir, tmp_path):
+    import fcntl
+    import threading
+    from rlformal_utils.runs import cache_path, is_cached
+    encoder = S.ClassifierReward(classifier_dir).encoder
+    texts = S.load_reviews()["text"].head(300).tolist()  # 3 batches of 128, so 3 parts
+    expected = encoder(texts)
+    alone = reward_module.shared_embeddings(encoder, texts, {"t": 1}, tmp_path, parts=3)
+    np.testing.assert_array_equal(alone, expected)  # the same batches, so the same numbers
+
+    key = {"t": 2}
+    parts = [cache_path("minilm-embeddings", dict(key, n=300, part=i, parts=3, version=1), tmp_path) for i in range(3)]
+    parts[0].parent.mkdir(parents=True, exist_ok=True)
+    result = {}
+    with open(parts[0].parent / f"{parts[0].name}.lock", "w") as other:
+        fcntl.flock(other, fcntl.LOCK_EX)  # another run is embedding part 0
+        run = threading.Thread(target=lambda: result.update(
+            x=reward_module.shared_embeddings(encoder, texts, key, tmp_path, parts=3)))
+        run.start()
+        deadline = time.time() + 60
+        while not (is_cached(parts[1]) and is_cached(parts[2])) and time.time() < deadline:
+            time.sleep(0.05)
+        assert is_cached(parts[1]) and is_cached(parts[2])  # it took the free parts first
+        time.sleep(0.3)
+        assert run.is_alive() and not is_cached(parts[0])  # and then waits for part 0
+    run.join(60)  # the other run gave up part 0 unfinished: this one embeds it
+    assert is_cached(parts[0])
+    np.testing.assert_array_equal(result["x"], expected)
+
+
+def test_classifier_gives_no_weight_to_embedding_dimensions_that_never_move(classifier_dir):
+    """Three MiniLM dimensions stay within ~1e-8 of zero on every text; standardised, they got weights
+    up to 1e31 and moved the reward by up to 1.5 logits (before this test)."""
+    reward = S.ClassifierReward(classifier_dir)
+    x = reward.encoder(S.load_reviews()["text"].head(500))
+    still = np.abs(x).max(axis=0) < 1e-6
+    assert still.sum() >= 1 and np.all(reward.w[still] == 0)
+    assert np.abs(reward.w).max() < 1e3
+    assert json.loads((classifier_dir / "metrics.json").read_text())["features"] == 384 - still.sum()
+
+
 @pytest.mark.parametrize("load, defaults", [
     (lambda: S.load_reviews("imdb"), "'rotten_tomatoes'"),
     (lambda: S.make_reward("lvwerra/distilbert-imdb"), "'minilm-logreg', 'vader'"),
@@ -344,6 +385,78 @@ def test_lora_policy_trains_adapters_only_and_its_reference_is_the_adapter_disab
     assert trainer.model.training  # evaluation restored the mode
     df_ref = S.evaluate(policy, base, tok, prompts, LengthReward(), LengthReward(), seed=0)
     np.testing.assert_allclose(df["response_nll"], df_ref["response_nll"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_lean_forward_passes_give_trls_numbers(tiny_llama_dir, tiny_lm, padding_side):
+    """The sentiment trainer's lean forward passes (logits only where a response token is predicted,
+    no-grad passes in one chunk, the policy's log-probs and values read off the sampling pass)
+    against trl 0.11.4's own batched_forward_pass and step, on a LoRA policy."""
+    _, _, texts = tiny_lm
+    tok = load_tokenizer(tiny_llama_dir)
+    tok.padding_side = padding_side  # trl pads query + response on this side
+
+    def trainer(lean):
+        return S.make_policy_trainer(tiny_llama_dir, tok, lora_rank=4, learning_rate=1e-2, batch_size=6,
+                                     mini_batch_size=2, ppo_epochs=1, kl_coef=0.2, seed=0, lean_forward=lean)
+    lean, plain = trainer(True), trainer(False)
+    prompts = S.make_prompts(tok, texts, 6, seed=7, prompt_min=2, prompt_max=7, prepend_bos=True)
+    queries = [p["query"] for p in prompts]
+    assert len({len(q) for q in queries}) > 1  # ragged, so padding matters
+    torch.manual_seed(1)
+    responses, logprobs, hidden = S.sample_responses(lean.model.pretrained_model, tok, queries, [3, 6, 4, 5, 2, 6],
+                                                     rollout=True)
+    inputs = plain.prepare_model_inputs(queries, responses)
+
+    def masked(out):
+        m = out[3].bool()
+        return out[0][m], out[2][m]
+    with torch.no_grad():
+        want = plain.batched_forward_pass(plain.model, queries, responses, inputs)
+        got = lean.batched_forward_pass(lean.model, queries, responses, inputs)
+        assert torch.equal(got[3], want[3]) and want[3].sum() == sum(len(r) for r in responses)
+        for a, b in zip(masked(got), masked(want)):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+        lean.rollout = (logprobs, hidden)  # read off sampling, token by token with a KV cache
+        read_off = lean.batched_forward_pass(lean.model, queries, responses, inputs)
+        assert lean.rollout is None  # used once
+        for a, b in zip(masked(read_off), masked(want)):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        with plain.optional_peft_ctx():  # the reference: the adapter-disabled base
+            want_ref = plain.batched_forward_pass(plain.model, queries, responses, inputs)
+        with lean.optional_peft_ctx():
+            got_ref = lean.batched_forward_pass(lean.model, queries, responses, inputs)
+        torch.testing.assert_close(masked(got_ref)[0], masked(want_ref)[0], atol=1e-6, rtol=1e-6)
+
+    # with gradients, on a mini-batch: the logits where they count, and the gradients
+    mini = {k: v[:2] for k, v in inputs.items()}
+    outs = [t.batched_forward_pass(t.model, queries[:2], responses[:2], mini, return_logits=True) for t in (plain, lean)]
+    m = outs[0][3].bool()
+    torch.testing.assert_close(outs[1][1][m], outs[0][1][m], atol=1e-5, rtol=1e-5)
+    grads = []
+    for t, (lp, logits, values, mask) in zip((plain, lean), outs):
+        t.model.zero_grad()
+        ((lp * mask).sum() + (values * mask).sum()).backward()
+        grads.append({n: p.grad.clone() for n, p in t.model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4)
+
+    # a whole PPO step, the lean one reading the policy's numbers off sampling
+    for t in (plain, lean):
+        t.model.zero_grad()
+    scores = [torch.tensor(float(i) - 2.5) for i in range(6)]
+    stats = []
+    for t in (plain, lean):
+        t.rollout = (logprobs, hidden) if t is lean else None
+        np.random.seed(5)  # trl's mini-batch order
+        stats.append(t.step(queries, responses, scores))
+    for key in ("objective/kl", "ppo/loss/policy", "ppo/loss/value", "ppo/policy/approxkl", "ppo/returns/mean"):
+        np.testing.assert_allclose(stats[1][key], stats[0][key], rtol=1e-4, atol=1e-5, err_msg=key)
+    after = [dict(t.model.named_parameters()) for t in (plain, lean)]
+    for name, p in after[0].items():
+        if "lora_" in name:
+            torch.testing.assert_close(after[1][name], p, atol=1e-5, rtol=1e-4)
 
 
 def test_a_fresh_lora_adapter_leaves_the_held_out_evaluation_unchanged(tiny_llama_dir, tiny_lm):

@@ -88,14 +88,15 @@ def policy_label(policy: str, lora_rank: int) -> str:
 def make_policy_trainer(model_dir, tokenizer, *, lora_rank: int = 0, lora_alpha: float | None = None,
                         learning_rate: float, batch_size: int, mini_batch_size: int, ppo_epochs: int,
                         kl_mode: str = "frozen", kl_coef: float = 0.2, adaptive_kl: bool = False, seed: int = 0,
-                        **ppo_kwargs):
+                        lean_forward: bool = True, **ppo_kwargs):
     """trl 0.11.4 ``PPOTrainer`` (our entropy subclass, entropy terms off) around a causal LM with
     a fresh value head, dropout disabled everywhere (policy, value head, reference).
 
     ``lora_rank > 0``: LoRA adapters (peft) on every linear layer of the transformer blocks, the
     base weights frozen. trl then keeps no second model: its KL reference is the same model with
     the adapter disabled (``trainer.optional_peft_ctx``). ``lora_rank == 0``: full fine-tuning
-    against a frozen copy (``kl_mode="frozen"``) or against itself (``"policy"``: KL always 0)."""
+    against a frozen copy (``kl_mode="frozen"``) or against itself (``"policy"``: KL always 0).
+    ``lean_forward``: trl's forward passes with less work, the same numbers (see ``ppo.py``)."""
     from trl import AutoModelForCausalLMWithValueHead, PPOConfig
     from trl.models import create_reference_model
 
@@ -119,7 +120,8 @@ def make_policy_trainer(model_dir, tokenizer, *, lora_rank: int = 0, lora_alpha:
     config = PPOConfig(learning_rate=learning_rate, batch_size=batch_size, mini_batch_size=mini_batch_size,
                        ppo_epochs=ppo_epochs, init_kl_coef=kl_coef, adap_kl_ctrl=adaptive_kl, seed=seed,
                        **ppo_kwargs)
-    trainer = EntropyPPOTrainer(config=config, model=model, ref_model=ref_model, tokenizer=tokenizer)
+    trainer = EntropyPPOTrainer(config=config, model=model, ref_model=ref_model, tokenizer=tokenizer,
+                                lean_forward=lean_forward)
     if lora_rank:
         assert trainer.ref_model is None and trainer.is_peft_model  # the reference is the adapter-disabled model
     return trainer

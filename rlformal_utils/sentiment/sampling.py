@@ -68,16 +68,24 @@ def make_prompts(tokenizer, texts, n: int, seed: int, prompt_min: int = 2, promp
 
 
 def sample_responses(model, tokenizer, queries: list[torch.Tensor], lengths: list[int], batch_size: int = 256,
-                     top_k: int = 0, top_p: float = 1.0, temperature: float = 1.0) -> list[torch.Tensor]:
+                     top_k: int = 0, top_p: float = 1.0, temperature: float = 1.0, rollout: bool = False):
     """Sampling (by default pure: top_k=0, top_p=1, temperature 1) of ``lengths[i]`` new tokens after
     ``queries[i]``; a response stops early after an EOS. ``model`` is a causal LM (a peft model
     samples with its adapter). Runs in eval mode without gradients and leaves the model in the
     mode it found. One left-padded ``generate`` call per chunk, up to the longest length; each
     row is then cut to its own length, which has the same distribution as sampling that many
-    tokens. PAD and BOS are never sampled when they differ from EOS."""
+    tokens. PAD and BOS are never sampled when they differ from EOS.
+
+    ``rollout=True`` also returns what PPO's no-grad pass would compute from (query, response),
+    read off the sampling pass instead: per response, the log-probability of each of its tokens
+    under ``model`` (from the raw logits, as trl computes them) and the model's last hidden state
+    at the position that predicts each token (where trl's value head reads). Returns
+    ``(responses, logprobs, hidden)`` then, one tensor per response."""
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     banned = sorted({pad, tokenizer.bos_token_id} - {eos, None})
     out: list[torch.Tensor] = []
+    logprobs: list[torch.Tensor] = []
+    hidden: list[torch.Tensor] = []
     device = devices.of(model)
     with eval_mode(model):
         for s in range(0, len(queries), batch_size):
@@ -86,14 +94,25 @@ def sample_responses(model, tokenizer, queries: list[torch.Tensor], lengths: lis
             ids, att, width = ids.to(device), att.to(device), ids.shape[1]
             gen = model.generate(input_ids=ids, attention_mask=att, do_sample=True, top_k=top_k, top_p=top_p,
                                  temperature=temperature, max_new_tokens=max(ls), min_new_tokens=1,
-                                 pad_token_id=pad, eos_token_id=eos, suppress_tokens=banned or None)
-            for row, n in zip(gen[:, width:], ls):
+                                 pad_token_id=pad, eos_token_id=eos, suppress_tokens=banned or None,
+                                 return_dict_in_generate=True, output_logits=rollout,
+                                 output_hidden_states=rollout)
+            new = gen.sequences[:, width:]
+            if rollout:
+                # step t's raw logits predict token t; its last-layer hidden state is the prompt's
+                # last position (t = 0) or the position of token t - 1
+                step_logprobs = torch.stack(gen.logits, 1).log_softmax(-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+                step_hidden = torch.cat([gen.hidden_states[0][-1][:, -1:]] + [h[-1] for h in gen.hidden_states[1:]], 1)
+            for i, (row, n) in enumerate(zip(new, ls)):
                 row = row[:n]
                 hits = (row == eos).nonzero()
                 if len(hits):
                     row = row[: hits[0, 0] + 1]  # keep the EOS itself
                 out.append(row.clone().cpu())  # responses live on the CPU, like the prompts
-    return out
+                if rollout:
+                    logprobs.append(step_logprobs[i, :len(row)])
+                    hidden.append(step_hidden[i, :len(row)])
+    return (out, logprobs, hidden) if rollout else out
 
 
 def decode_pairs(tokenizer, reviews, responses) -> tuple[list[str], list[str]]:

@@ -16,12 +16,19 @@ from .sampling import decode_pairs, sample_responses
 def ppo_step(trainer, policy, tokenizer, batch: list[dict], reward_model, **sampling) -> dict:
     """Sample one response per prompt of ``batch`` with ``policy`` (eval mode, no dropout, no
     gradients), score review start + response with ``reward_model`` and run trl's
-    ``PPOTrainer.step`` on (prompt, response, reward). Returns the row logged for this step:
+    ``PPOTrainer.step`` on (prompt, response, reward). A ``lean_forward`` trainer gets the
+    sampling pass's log-probs and value-head inputs, so its step skips the policy's no-grad pass. Returns the row logged for this step:
     batch reward statistics, trl's KL / entropy / PPO diagnostics, and the time of each part."""
     queries = [p["query"] for p in batch]
+    lean = getattr(trainer, "lean_forward", False)
     t = time.time()
-    responses = sample_responses(policy, tokenizer, queries, [p["response_length"] for p in batch],
-                                 batch_size=len(batch), **sampling)
+    sampled = sample_responses(policy, tokenizer, queries, [p["response_length"] for p in batch],
+                               batch_size=len(batch), rollout=lean, **sampling)
+    if lean:  # trl's step reads the policy's log-probs and values off this sampling pass
+        responses, *rollout = sampled
+        trainer.rollout = rollout
+    else:
+        responses = sampled
     t_generate = time.time() - t
     texts, _ = decode_pairs(tokenizer, [p.get("review", p["query"]) for p in batch], responses)
     t = time.time()
