@@ -70,7 +70,7 @@ class MiniLMEncoder:
 
 def shared_embeddings(encoder: MiniLMEncoder, texts, key: dict, cache_dir=None, parts: int = 4) -> np.ndarray:
     """``encoder(texts)``, computed and cached in ``parts`` parts (consecutive batches of about
-    equal token counts) that parallel runs share out: a run embeds every part that no other run
+    equal character counts) that parallel runs share out: a run embeds every part that no other run
     is embedding, then waits for the others' parts. Two runs that start together on two cores so
     build the embeddings in about half the time; a run alone embeds every part. Each batch is
     the one ``encoder(texts)`` forms, so the embeddings are the same."""
@@ -84,15 +84,17 @@ def shared_embeddings(encoder: MiniLMEncoder, texts, key: dict, cache_dir=None, 
         groups.append(range(start, end))
         start = end
     out = np.zeros((len(texts), 384), dtype=np.float32)
+    todo = dict(enumerate(groups))
     for wait in (False, True):  # first take the free parts, then wait for the ones others build
-        for i, group in enumerate(groups):
+        for i, group in list(todo.items()):
             def build(folder, group=group):
                 np.save(folder / "part.npy", encoder.embed(texts, [batches[g] for g in group], progress=True))
             folder = cached_dir("minilm-embeddings", dict(key, n=len(texts), part=i, parts=parts, version=1),
                                 build, cache_dir, wait=wait)
-            if folder is not None:
+            if folder is not None:  # None: another run is building it
                 rows = np.concatenate([batches[g] for g in group])
                 out[rows] = np.load(folder / "part.npy")[rows]
+                del todo[i]
     return out
 
 
@@ -120,8 +122,8 @@ def train_classifier(data: str = "rotten_tomatoes", heldout_fraction: float = 0.
     # outside the classifier's lock, so that runs starting together share the embedding work
     encoder = MiniLMEncoder(max_length)
     texts_key = {k: config[k] for k in ("encoder", "data", "heldout_fraction", "max_train", "max_length")}
-    x_train, x_held = (shared_embeddings(encoder, part["text"], dict(texts_key, split=name), cache_dir)
-                       for name, part in (("train", train), ("heldout", held)))
+    x_train = shared_embeddings(encoder, train["text"], dict(texts_key, split="train"), cache_dir)
+    x_held = shared_embeddings(encoder, held["text"], dict(texts_key, split="heldout"), cache_dir)
 
     def build(folder: Path):
         from sklearn.linear_model import LogisticRegressionCV

@@ -17,8 +17,9 @@ def ppo_step(trainer, policy, tokenizer, batch: list[dict], reward_model, **samp
     """Sample one response per prompt of ``batch`` with ``policy`` (eval mode, no dropout, no
     gradients), score review start + response with ``reward_model`` and run trl's
     ``PPOTrainer.step`` on (prompt, response, reward). A ``lean_forward`` trainer gets the
-    sampling pass's log-probs and value-head inputs, so its step skips the policy's no-grad pass. Returns the row logged for this step:
-    batch reward statistics, trl's KL / entropy / PPO diagnostics, and the time of each part."""
+    sampling pass's log-probs and value-head inputs, so its step skips the policy's no-grad pass.
+    Returns the row logged for this step: batch reward statistics, trl's KL / entropy / PPO
+    diagnostics, and the time of each part."""
     queries = [p["query"] for p in batch]
     lean = getattr(trainer, "lean_forward", False)
     t = time.time()
