@@ -111,8 +111,9 @@ def train_classifier(data: str = "rotten_tomatoes", heldout_fraction: float = 0.
     the labelled train reviews and measure it on the held-out ones. Returns the cache folder,
     which holds ``weights.json`` (w, b in embedding space) and ``metrics.json``."""
     config = classifier_config(data, heldout_fraction, max_train, max_length)
-    if is_cached(cache_path("sentiment-classifier", config, cache_dir)):
-        return cache_path("sentiment-classifier", config, cache_dir)
+    built = cache_path("sentiment-classifier", config, cache_dir)
+    if is_cached(built):  # nothing to load or embed
+        return built
     df = load_reviews(data, heldout_fraction)
     df = df[df["label"] >= 0]
     train, held = df[df["split"] == "train"], df[df["split"] == "heldout"]
