@@ -238,7 +238,7 @@ class PPOConfig:
     vf_coef: float = 0.1
     init_kl_coef: float = 0.2
     adaptive_kl: bool = True
-    kl_target: float = 6.0
+    kl_target: float = 6.0           # trl's default: out of reach for one token (see arithmetic.params)
     kl_horizon: float = 10000.0
     ratio_threshold: float = 10.0
     max_grad_norm: float | None = None

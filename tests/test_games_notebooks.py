@@ -16,7 +16,7 @@ from notebook_runs import assert_stops_in_first_cells, run_notebook
 from rlformal_utils.games import params as P
 from rlformal_utils.params import ParameterError, defaults, reference
 from rlformal_utils.pretrained import OfflineError
-from rlformal_utils.runner import games_runs
+from rlformal_utils.games.grid import runs as games_runs
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"

@@ -219,3 +219,39 @@ def test_eval_mode_restores_each_modules_own_mode(tok):
         assert not any(m.training for m in model.modules())
         assert not torch.is_grad_enabled()
     assert model.training and not model.transformer.h[0].training and model.transformer.h[1].training
+
+
+@pytest.mark.parametrize("controller, coef_moves, target", [("trl", True, 6.0), ("adaptive", True, 2.5), ("fixed", False, None)])
+def test_the_kl_controller_parameter_reaches_the_ppo_trainer(base_dir, tok, controller, coef_moves, target):
+    """kl_controller picks trl's target (6 nats), kl_target, or a constant coefficient; the
+    coefficient then follows trl's update rule: value *= 1 + clip(kl / target - 1, -0.2, 0.2) * n / 10000."""
+    from rlformal_utils.arithmetic.params import PARAMS, check
+    from rlformal_utils.arithmetic.train import make_trainer
+    from rlformal_utils.params import defaults
+    config = check(dict(defaults(PARAMS), algorithm="ppo", regulariser="none", kl_reference="frozen", kl_coef=0.2,
+                        kl_controller=controller, kl_target=2.5, prompts_per_step=8))
+    trainer = make_trainer(config, base_dir, tok)
+    assert trainer.ref is not None and trainer.ref is not trainer.model
+    trainer.kl_ctl.update(current_kl=1.0, n=8)
+    if coef_moves:
+        assert trainer.kl_ctl.target == target
+        expected = 0.2 * (1 + max(-0.2, min(0.2, 1.0 / target - 1)) * 8 / 10000)
+        assert trainer.kl_ctl.value == pytest.approx(expected, rel=1e-12) and trainer.kl_ctl.value != 0.2
+    else:
+        assert trainer.kl_ctl.value == 0.2
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(kl_controller="pid"), r"kl_controller='pid' is not allowed: it must be one of \['trl', 'adaptive', 'fixed'\]"),
+    (dict(kl_target=6.0), r"kl_target=6.0 is not allowed: it must be a number in \(0, 4.63\]"),
+    (dict(kl_target=0.0), r"kl_target=0.0 is not allowed: it must be a number in \(0, 4.63\]"),
+    (dict(entropy_coef=-0.1), r"entropy_coef=-0.1 is not allowed: it must be a number in \[0.0, 10.0\]"),
+    (dict(entropy_coef="0.3"), r"entropy_coef='0.3' is not allowed"),
+    (dict(algorithm="group", kl_reference="frozen", kl_controller="adaptive"), r"kl_controller='adaptive' is not allowed with algorithm='group'"),
+])
+def test_bad_kl_and_entropy_parameters_name_the_parameter_and_the_allowed_values(bad, message):
+    from rlformal_utils.arithmetic.params import PARAMS, check
+    from rlformal_utils.params import defaults
+    from rlformal_utils.runs import ParameterError
+    with pytest.raises(ParameterError, match=message):
+        check(dict(defaults(PARAMS), **bad))

@@ -16,7 +16,7 @@ from rlformal_utils import sentiment as S
 from rlformal_utils.params import defaults
 from rlformal_utils.pretrain import build_gpt2, train_bpe_tokenizer
 from rlformal_utils.pretrained import OfflineError, check_hub_name, load_tokenizer
-from rlformal_utils.runner import sentiment_runs
+from rlformal_utils.sentiment.grid import runs as sentiment_runs
 from rlformal_utils.runs import ParameterError
 from rlformal_utils.sentiment import params as P
 from rlformal_utils.sentiment import plots
@@ -549,7 +549,7 @@ def test_prompt_formats_put_the_review_start_last_and_the_reward_reads_only_the_
 
 # ----------------------------------------------------------------------------- profiles, report, figures
 def test_quick_profile_runs_the_lora_policy_with_three_seeds_and_a_kl_sweep():
-    from rlformal_utils.runner import sentiment_runs as runs_of
+    from rlformal_utils.sentiment.grid import runs as runs_of
     quick = runs_of("quick")
     main = [r for r in quick if r.params["kl_coef"] == quick[0].params["kl_coef"]]
     assert all(r.params["policy"] == "smollm2-135m" and r.params["lora_rank"] == 16 for r in quick)

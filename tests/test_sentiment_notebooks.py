@@ -12,7 +12,7 @@ import papermill as pm
 import pytest
 
 from notebook_runs import assert_stops_in_first_cells, run_notebook
-from rlformal_utils.runner import sentiment_runs
+from rlformal_utils.sentiment.grid import runs as sentiment_runs
 from rlformal_utils.sentiment import distinct_n
 from rlformal_utils.sentiment.params import PARAMS
 

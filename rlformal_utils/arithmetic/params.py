@@ -1,9 +1,16 @@
 """Every parameter of the arithmetic notebook, declared once (see ``rlformal_utils.params``)."""
+import math
+
 from ..devices import DEVICES
 from ..params import Param
 from ..pretrain import MODEL_SIZES
 
 ALGORITHMS = ("group", "ppo", "supervised", "none")
+KL_CONTROLLERS = ("trl", "adaptive", "fixed")
+# The largest KL target a controller can reach: a policy sure of one of the 103 allowed answers is
+# log(103) = 4.63 nats from a uniform reference (the weak start is near-uniform). trl's default target
+# of 6 nats is out of reach, so trl's controller only ever lowers the coefficient.
+MAX_KL_TARGET = math.log(103)
 REGULARISERS = {"none": (0, 0), "token": (1, 0), "batch": (0, 1), "both": (1, 1)}  # which of (c_tok, c_batch) is on
 
 PARAMS = [
@@ -25,8 +32,11 @@ PARAMS = [
           choices=tuple(REGULARISERS)),
     Param("entropy_coef", 0.3, "coefficient of each entropy term that is on (paper: 0.3)", low=0.0, high=10.0),
     Param("kl_reference", "policy", "policy: KL always 0 (the paper's code), frozen: copy of the base", choices=("policy", "frozen")),
-    Param("kl_coef", 0.2, "KL coefficient (ppo: initial, adaptive), only with a frozen reference", low=0.0, high=100.0),
-    Param("adaptive_kl", True, "ppo: trl's adaptive KL controller (target 6, horizon 10000)", choices=(True, False)),
+    Param("kl_coef", 0.2, "KL coefficient (ppo: the controller's start), only with a frozen reference", low=0.0, high=100.0),
+    Param("kl_controller", "trl", "ppo, frozen reference: trl (trl's adaptive controller, target 6 nats), "
+          "adaptive (the same aiming at kl_target) or fixed (kl_coef constant)", choices=KL_CONTROLLERS),
+    Param("kl_target", 3.0, "KL target in nats of kl_controller='adaptive'", low=0.0, high=MAX_KL_TARGET,
+          rule=f"a number in (0, {MAX_KL_TARGET:.2f}]: a policy sure of one answer has KL log(103) to a uniform reference"),
     Param("rl_lr", 1e-3, "Adam lr (paper: 1.41e-5), cosine decay except for ppo",
           low=1e-8, high=1.0),
     Param("steps", 3906, "update steps (3906 x 32 prompts x 8 answers: 1.0M answers)", low=0,
@@ -59,6 +69,14 @@ def check(values: dict) -> dict:
     if config["engine"] == "trl" and config["algorithm"] != "ppo":
         raise ParameterError(f"parameter engine='trl' needs algorithm='ppo' (got algorithm={config['algorithm']!r}); "
                              "allowed engines for it: ['fast']")
+    if config["kl_target"] <= 0:
+        raise ParameterError(f"parameter kl_target={config['kl_target']!r} is not allowed: it must be "
+                             f"{next(p for p in PARAMS if p.name == 'kl_target').allowed()}")
+    if (config["algorithm"] == "group" and config["kl_reference"] == "frozen" and config["kl_coef"] > 0
+            and config["kl_controller"] != "fixed"):
+        raise ParameterError(f"parameter kl_controller={config['kl_controller']!r} is not allowed with "
+                             "algorithm='group': the group-relative update keeps its KL coefficient fixed; "
+                             "allowed: ['fixed']")
     mb = config["mini_batch_size"]
     if mb and config["prompts_per_step"] % mb:
         raise ParameterError(f"parameter mini_batch_size={mb} must divide prompts_per_step={config['prompts_per_step']}")

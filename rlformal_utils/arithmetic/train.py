@@ -42,7 +42,8 @@ class _TrlEngine:
         self.trainer = make_trainer(
             str(policy_dir), tokenizer, learning_rate=config["rl_lr"], batch_size=config["prompts_per_step"],
             mini_batch_size=config["mini_batch_size"] or config["prompts_per_step"], ppo_epochs=config["epochs"],
-            kl_mode=config["kl_reference"], kl_coef=config["kl_coef"], adaptive_kl=config["adaptive_kl"],
+            kl_mode=config["kl_reference"], kl_coef=config["kl_coef"], adaptive_kl=config["kl_controller"] != "fixed",
+            target=kl_target(config),
             token_entropy_coef=c_tok, batch_entropy_coef=c_batch, seed=config["seed"], **devices.trl_kwargs(device))
         self.model = self.trainer.model.pretrained_model
 
@@ -53,6 +54,11 @@ class _TrlEngine:
                     loss_value=s["ppo/loss/value"], clipfrac=s["ppo/policy/clipfrac"],
                     approxkl=s["ppo/policy/approxkl"], value_var_explained=s["ppo/val/var_explained"],
                     train_token_entropy=s["ppo/policy/token_entropy"], train_batch_entropy=s["ppo/policy/batch_entropy"])
+
+
+def kl_target(config: dict) -> float:
+    """The KL target of the adaptive controllers: trl's own 6 nats, or ``kl_target``."""
+    return one_token.PPOConfig.kl_target if config["kl_controller"] == "trl" else config["kl_target"]
 
 
 def make_trainer(config: dict, policy_dir, tokenizer, device="cpu"):
@@ -73,7 +79,8 @@ def make_trainer(config: dict, policy_dir, tokenizer, device="cpu"):
     if algorithm == "ppo":
         cfg = one_token.PPOConfig(lr=c["rl_lr"], total_steps=c["steps"], ppo_epochs=c["epochs"],
                                   mini_batch_size=c["mini_batch_size"] or c["prompts_per_step"],
-                                  init_kl_coef=c["kl_coef"], adaptive_kl=c["adaptive_kl"], token_entropy_coef=c_tok,
+                                  init_kl_coef=c["kl_coef"], adaptive_kl=c["kl_controller"] != "fixed",
+                                  kl_target=kl_target(c), token_entropy_coef=c_tok,
                                   batch_entropy_coef=c_batch, mask_banned=c["mask_banned"])
         return one_token.OneTokenPPO(policy, cfg, ban, kl_reference=c["kl_reference"])
     if algorithm == "supervised":
