@@ -2,12 +2,13 @@
 
 quick: the paper's weak start (256 chains, one epoch), three seeds per arm: the group-relative update with
 and without batch entropy (1M answers each), and the paper's PPO with KL 0 and no entropy term, token
-entropy or batch entropy (150k answers each). PPO's four epochs over every answer make it ~13x dearer per
-answer than the group update; that is why the sweeps live in ``long``.
+entropy or batch entropy (150k answers each); one seed per point of the batch-entropy sweeps (its
+coefficient 0.1 / 1.0 for both updates, PPO's learning rate 1e-3). PPO's four epochs over every answer
+make it ~13x dearer per answer than the group update.
 long: PPO with both entropy terms at once (three seeds: it answers no claim of the paper, and the quick
-profile's 45 minutes on 2 cores cannot hold it), the sweeps (entropy coefficient, learning rate, KL
-controller; one seed per point), trl's default frozen-reference PPO and the chosen controller with three
-seeds, the supervised reference, the competent start, and PPO twice as long.
+profile's 45 minutes on 2 cores cannot hold it), the KL-controller sweep (one seed per point), trl's
+default frozen-reference PPO and the chosen controller with three seeds, the supervised reference, the
+competent start, and PPO twice as long.
 """
 from __future__ import annotations
 
@@ -114,12 +115,16 @@ def _reference_arms(group: dict, ppo: dict, competent: dict, seeds: list[int]) -
     return runs
 
 
-def _sweeps(group: dict, ppo: dict) -> list[Run]:
-    runs = [_run(group, 0, entropy_coef=c) for c in (0.1, 1.0)]                    # c = 0 and 0.3: the quick arms
+def _entropy_sweeps(group: dict, ppo: dict) -> list[Run]:
+    """Batch entropy's coefficient (group and PPO) and PPO's learning rate, one seed per point."""
+    runs = [_run(group, 0, entropy_coef=c) for c in (0.1, 1.0)]                    # c = 0 and 0.3: the main arms
     runs += [_run(ppo, 0, regulariser="batch", entropy_coef=c) for c in (0.1, 1.0)]
-    runs += [_run(ppo, 0, regulariser="batch", rl_lr=1e-3)]                         # quick arms: 3e-4
-    runs += [_run(ppo, 0, kl_reference="frozen", **c) for c in CONTROLLER_SWEEP if c != FROZEN]
+    runs += [_run(ppo, 0, regulariser="batch", rl_lr=1e-3)]                         # main arms: 3e-4
     return runs
+
+
+def _controller_sweep(ppo: dict) -> list[Run]:
+    return [_run(ppo, 0, kl_reference="frozen", **c) for c in CONTROLLER_SWEEP if c != FROZEN]
 
 
 def runs(profile: str) -> list[Run]:
@@ -136,8 +141,8 @@ def runs(profile: str) -> list[Run]:
     if profile == "long":
         diagnostics = [_run(ppo, 0, kl_reference="frozen", kl_controller="trl", kl_coef=0.2, steps=4688, mask_banned=m)
                        for m in (True, False)]  # PPO twice as long: trl-style vs masked banned tokens
-        return _reference_arms(group, ppo, competent, seeds) + _sweeps(group, ppo) + diagnostics
-    runs = _main_arms(group, ppo, seeds)
+        return _reference_arms(group, ppo, competent, seeds) + _controller_sweep(ppo) + diagnostics
+    runs = _main_arms(group, ppo, seeds) + _entropy_sweeps(group, ppo)
     if profile == "paper":
-        runs += _reference_arms(group, ppo, competent, seeds) + _sweeps(group, ppo)
+        runs += _reference_arms(group, ppo, competent, seeds) + _controller_sweep(ppo)
     return runs
