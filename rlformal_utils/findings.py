@@ -391,8 +391,65 @@ def games(d: Data) -> str:
     return "\n".join(out) if out else "No games runs in results/."
 
 
+def sentiment_setup(d: Data) -> str:
+    """The reward classifier's held-out numbers and the prompt-format probe, from the sentiment runs'
+    summary.json (the probe runs in one run only)."""
+    out = []
+    for path in sorted((d.root / "results" / "sentiment").glob("*/summary.json")):
+        s = json.loads(path.read_text())
+        c = s.get("classifier") or {}
+        if c and not out:
+            out.append(f"- Reward classifier (MiniLM embeddings + logistic regression, {c['n_train']:,} train snippets): "
+                       f"held-out accuracy {c['heldout_accuracy']:.3f} on {c['n_heldout']:,} snippets of held-out "
+                       f"movies (VADER: {c['vader_heldout_accuracy']:.3f}); mean logit {c['heldout_logit_mean_positive']:.2f} "
+                       f"on fresh, {c['heldout_logit_mean_negative']:.2f} on rotten reviews.")
+        probe = s.get("format_probe")
+        if probe:
+            out.append(f"- Prompt-format probe (`{path.parent.name}`, base model): "
+                       + "; ".join(f"`{k}` review-likeness {v['review_similarity']:.3f}, perplexity {v['perplexity']:.1f}, "
+                                   f"{v['prompt_tokens']:.1f} prompt tokens, {v['seconds']:.0f} s"
+                                   for k, v in sorted(probe.items())) + ".")
+    return "\n".join(out) if out else "No sentiment runs in results/."
+
+
+def ppo_internals(d: Data) -> str:
+    """PPO's internals per arm, from the runs' metrics.csv: trl's one-sample KL estimate against the
+    exact KL, the KL coefficient, the value head (median over the second half of each run) and the
+    probability on the banned tokens; ranges are over the arm's seeds."""
+    import pandas as pd
+
+    def rng(values, fmt):
+        lo, hi = min(values), max(values)
+        return fmt.format(lo) if fmt.format(lo) == fmt.format(hi) else f"{fmt.format(lo)} to {fmt.format(hi)}"
+
+    out = ["| arm | runs | KL estimate: mean (exact) | lowest estimate (steps < 0) | KL coefficient first -> last | "
+           "corr(value, return) | explained variance | banned-token probability, max |", "|---|---|---|---|---|---|---|---|"]
+    for name, runs in d.arith.items():
+        if not runs or runs[0]["config"].get("algorithm") != "ppo":
+            continue
+        stats = []
+        for r in runs:
+            m = pd.read_csv(r["dir"] / "metrics.csv")
+            if "kl_coef" not in m:
+                continue
+            m = m[m["answers_seen"] > 0].dropna(subset=["kl_coef"])
+            late = m[m["answers_seen"] >= m["answers_seen"].max() / 2]
+            stats.append(dict(kl=m["kl"].mean(), exact=m["exact_kl"].mean(), low=m["kl"].min(), neg=int((m["kl"] < 0).sum()),
+                              c0=m["kl_coef"].iloc[0], c1=m["kl_coef"].iloc[-1],
+                              corr=late["value_return_corr"].median(), ev=late["value_var_explained"].median(),
+                              banned=m["banned_mass"].max()))
+        if not stats:
+            continue
+        col = lambda k: [x[k] for x in stats]  # noqa: E731
+        out.append(f"| `{name}` | {len(stats)} | {rng(col('kl'), '{:.2f}')} ({rng(col('exact'), '{:.2f}')}) | "
+                   f"{min(col('low')):.4f} ({sum(col('neg'))}) | {rng(col('c0'), '{:.2g}')} -> {rng(col('c1'), '{:.2g}')} | "
+                   f"{rng(col('corr'), '{:.2f}')} | {rng(col('ev'), '{:.2f}')} | {rng(col('banned'), '{:.3f}')} |")
+    return "\n".join(out)
+
+
 BLOCKS = {"glance": glance, "arithmetic": arithmetic, "sentiment_table": sentiment_table, "sentiment": sentiment,
-          "games": games, "timings": timings}
+          "games": games, "timings": timings, "ppo_internals": ppo_internals,
+          "sentiment_setup": sentiment_setup}
 
 
 def findings_md(d: Data) -> str:
