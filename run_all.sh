@@ -28,6 +28,12 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; 
     echo "$want" > "$STAMP"
 fi
 
+# the repository's Jupyter configuration: JupyterLab saves notebooks/ without outputs (see jupyter/README.md)
+JUPYTER_CONF="$VENV/etc/jupyter/jupyter_server_config.d"
+if ! cmp -s jupyter/jupyter_server_config.d/rlformal.json "$JUPYTER_CONF/rlformal.json"; then
+    mkdir -p "$JUPYTER_CONF" && cp jupyter/jupyter_server_config.d/rlformal.json "$JUPYTER_CONF/"
+fi
+
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"   # no model or dataset hub here: fail fast instead of retrying
 export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore::FutureWarning}"
 

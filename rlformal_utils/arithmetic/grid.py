@@ -2,11 +2,11 @@
 
 quick: the paper's weak start (256 chains, one epoch), three seeds per arm: the group-relative update with
 and without batch entropy (1M answers each), and the paper's PPO with KL 0 and no entropy term, token
-entropy or batch entropy (150k answers each); one seed per point of the batch-entropy sweeps (its
-coefficient 0.1 / 1.0 for both updates, PPO's learning rate 1e-3). PPO's four epochs over every answer
-make it ~13x dearer per answer than the group update.
-long: PPO with both entropy terms at once (three seeds: it answers no claim of the paper, and the quick
-profile's 45 minutes on 2 cores cannot hold it), the KL-controller sweep (one seed per point), trl's
+entropy or batch entropy (150k answers each). PPO's four epochs over every answer make it ~13x dearer
+per answer than the group update, and the quick profile must stay within 45 minutes on 2 cores: the
+sweeps and the arms that answer no claim of the paper live in ``long``.
+long: PPO with both entropy terms at once (three seeds), the batch-entropy sweeps (its coefficient
+0.1 / 1.0 for both updates, PPO's learning rate 1e-3) and the KL-controller sweep (one seed per point), trl's
 default frozen-reference PPO and the chosen controller with three seeds, the supervised reference, the
 competent start, and PPO twice as long.
 """
@@ -141,8 +141,9 @@ def runs(profile: str) -> list[Run]:
     if profile == "long":
         diagnostics = [_run(ppo, 0, kl_reference="frozen", kl_controller="trl", kl_coef=0.2, steps=4688, mask_banned=m)
                        for m in (True, False)]  # PPO twice as long: trl-style vs masked banned tokens
-        return _reference_arms(group, ppo, competent, seeds) + _controller_sweep(ppo) + diagnostics
-    runs = _main_arms(group, ppo, seeds) + _entropy_sweeps(group, ppo)
+        return (_reference_arms(group, ppo, competent, seeds) + _entropy_sweeps(group, ppo) + _controller_sweep(ppo)
+                + diagnostics)
+    runs = _main_arms(group, ppo, seeds)
     if profile == "paper":
-        runs += _reference_arms(group, ppo, competent, seeds) + _controller_sweep(ppo)
+        runs += _entropy_sweeps(group, ppo) + _reference_arms(group, ppo, competent, seeds) + _controller_sweep(ppo)
     return runs

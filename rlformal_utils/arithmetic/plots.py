@@ -13,9 +13,21 @@ from ..figures import band, fmt_mean_sd, thousands
 from ..runs import complete_runs
 
 REG_LABEL = {"none": "no entropy term", "token": "token entropy", "batch": "batch entropy", "both": "both entropies"}
-KL_LABEL = {"policy": "KL 0", "frozen": "frozen ref + KL"}
 WEAK = 256  # the paper's pretraining set: 256 chains, one epoch
-COLLAPSE = 0.3  # max p̄ above this = collapsed (the true answers' most common value has a share of ~0.06)
+# the quick profile's settings; an arm's name says where a run departs from them
+DEFAULTS = {"entropy_coef": 0.3, "rl_lr": {"group": 1e-3, "ppo": 3e-4}, "steps": {"group": 3906, "ppo": 2344}}
+
+
+def kl_label(cfg: dict) -> str:
+    """'KL 0', or the frozen reference with its controller."""
+    if cfg["kl_reference"] != "frozen":
+        return "KL 0"
+    controller = cfg.get("kl_controller", "trl")
+    if controller == "fixed":
+        return f"frozen ref + fixed KL {cfg['kl_coef']:g}"
+    if controller == "adaptive":
+        return f"frozen ref + adaptive KL (target {cfg['kl_target']:g})"
+    return "frozen ref + trl's adaptive KL"
 
 
 def arm_of(cfg: dict) -> str:
@@ -24,8 +36,15 @@ def arm_of(cfg: dict) -> str:
         return "base model"
     if cfg["algorithm"] == "supervised":
         return "supervised"
-    name = f"{'group-relative' if cfg['algorithm'] == 'group' else 'PPO'}, {REG_LABEL[cfg['regulariser']]}"
-    name += f", {KL_LABEL[cfg['kl_reference']]}"
+    alg = cfg["algorithm"]
+    name = f"{'group-relative' if alg == 'group' else 'PPO'}, {REG_LABEL[cfg['regulariser']]}"
+    if cfg["regulariser"] != "none" and cfg.get("entropy_coef", DEFAULTS["entropy_coef"]) != DEFAULTS["entropy_coef"]:
+        name += f" {cfg['entropy_coef']:g}"
+    name += f", {kl_label(cfg)}"
+    if alg in DEFAULTS["rl_lr"] and cfg["rl_lr"] != DEFAULTS["rl_lr"][alg]:
+        name += f", lr {cfg['rl_lr']:g}"
+    if alg in DEFAULTS["steps"] and cfg["steps"] != DEFAULTS["steps"][alg]:
+        name += f", {cfg['steps']} steps"
     if not cfg.get("mask_banned", True):
         name += ", banned tokens trained (as trl)"
     return name
@@ -44,13 +63,18 @@ def load_runs(results_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
         info = dict(run=run.name, arm=arm_of(cfg), start=start_of(cfg), algorithm=cfg["algorithm"],
                     regulariser=cfg["regulariser"] if cfg["algorithm"] in ("group", "ppo") else "none",
                     kl_reference=cfg["kl_reference"] if cfg["algorithm"] in ("group", "ppo") else "",
-                    pretrain_chains=cfg["pretrain_examples"], seed=cfg["seed"])
+                    pretrain_chains=cfg["pretrain_examples"], pretrain_steps=cfg["pretrain_steps"], seed=cfg["seed"])
+        # the settings the sweeps vary (kept out of the metrics rows: kl_coef is also a logged column there)
+        setting = dict(entropy_coef=cfg.get("entropy_coef", DEFAULTS["entropy_coef"]),
+                       kl_controller=cfg.get("kl_controller", "trl"), kl_coef=cfg.get("kl_coef", 0.2),
+                       kl_target=cfg.get("kl_target", 3.0), steps=cfg.get("steps", 0),
+                       mask_banned=cfg.get("mask_banned", True))
         m = pd.read_csv(run / "metrics.csv")
         frames.append(m.assign(**info))
         h, u = summary["final"]["heldout"], summary["final"]["unseen"]
         ev = m.dropna(subset=["heldout_greedy_exact_match"])
         reached = ev.loc[ev["heldout_greedy_exact_match"] >= 0.9, "answers_seen"]
-        rows.append(dict(info, rl_lr=cfg["rl_lr"], answers_seen=summary["answers_seen"],
+        rows.append(dict(info, **setting, rl_lr=cfg["rl_lr"], answers_seen=summary["answers_seen"],
                          heldout_exact_match=h["greedy_exact_match"], unseen_pairs_exact_match=u["greedy_exact_match"],
                          heldout_sampled_exact_match=h["sampled_exact_match"], heldout_reward=h["sampled_reward"],
                          max_share=h["eval_max_share"], mutual_information=h["eval_mutual_information"],

@@ -1,0 +1,73 @@
+"""JupyterLab leaves notebooks/ clean: a save through the Jupyter server's contents manager, with the
+repository's configuration, of a notebook as Lab holds it after a run gives back git's bytes."""
+import json
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+from traitlets.config import Config
+
+from rlformal_utils import notebook_hygiene as H
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "jupyter" / "jupyter_server_config.d" / "rlformal.json"
+NOTEBOOK_NAMES = sorted(p.name for p in (REPO / "notebooks").glob("*.ipynb"))
+
+
+def _contents_manager(root: Path):
+    from jupyter_server.services.contents.filemanager import FileContentsManager
+    return FileContentsManager(root_dir=str(root), config=Config(json.loads(CONFIG.read_text())))
+
+
+def _as_lab_after_a_run(content: dict) -> dict:
+    """What Lab sends back on save after opening a notebook and running every cell."""
+    content["metadata"]["language_info"] = dict(content["metadata"].get("language_info", {}), version="3.11.7")
+    content["metadata"]["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    for i, cell in enumerate(content["cells"]):
+        cell["metadata"]["execution"] = {"iopub.status.idle": "2026-01-01T00:00:00Z"}
+        if cell["cell_type"] == "code":
+            cell["execution_count"] = i + 1
+            cell["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "a line\n"},
+                               {"output_type": "execute_result", "execution_count": i + 1, "metadata": {},
+                                "data": {"text/plain": "42"}}]
+    return content
+
+
+@pytest.mark.parametrize("name", NOTEBOOK_NAMES)
+def test_open_run_save_in_lab_leaves_the_file_byte_identical(tmp_path, monkeypatch, name):
+    (tmp_path / "notebooks").mkdir()
+    shutil.copy(REPO / "notebooks" / name, tmp_path / "notebooks" / name)
+    monkeypatch.setattr(H, "NOTEBOOKS", tmp_path / "notebooks")
+    cm = _contents_manager(tmp_path)
+    assert cm.pre_save_hook is H.pre_save_hook  # the configuration names the hook and it imports
+    model = cm.get(f"notebooks/{name}", content=True)
+    model = dict(type="notebook", format="json", content=_as_lab_after_a_run(json.loads(json.dumps(model["content"]))))
+    cm.save(model, f"notebooks/{name}")
+    assert (tmp_path / "notebooks" / name).read_bytes() == (REPO / "notebooks" / name).read_bytes()
+
+
+def test_notebooks_elsewhere_keep_their_outputs(tmp_path, monkeypatch):
+    name = NOTEBOOK_NAMES[0]
+    monkeypatch.setattr(H, "NOTEBOOKS", tmp_path / "notebooks")
+    shutil.copy(REPO / "notebooks" / name, tmp_path / name)
+    cm = _contents_manager(tmp_path)
+    model = cm.get(name, content=True)
+    cm.save(dict(type="notebook", format="json", content=_as_lab_after_a_run(json.loads(json.dumps(model["content"])))),
+            name)
+    nb = nbformat.read(tmp_path / name, as_version=4)
+    assert nb.metadata.language_info.version == "3.11.7"
+    assert all(c.outputs for c in nb.cells if c.cell_type == "code")
+
+
+def test_committed_notebooks_hold_the_canonical_language_info_and_are_clean():
+    for name in NOTEBOOK_NAMES:
+        raw = (REPO / "notebooks" / name).read_text()
+        nb = nbformat.reads(raw, as_version=4)
+        assert nb.metadata.language_info == H.LANGUAGE_INFO, name
+        assert nbformat.writes(H.clean(nb)) + "\n" == raw, name  # nothing for the hook to change
+
+
+def test_run_all_installs_the_configuration_into_the_venv():
+    script = (REPO / "run_all.sh").read_text()
+    assert "jupyter/jupyter_server_config.d/rlformal.json" in script and "etc/jupyter/jupyter_server_config.d" in script
