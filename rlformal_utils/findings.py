@@ -284,7 +284,7 @@ def timings(d: Data) -> str:
 def _answers(r: dict) -> str:
     """A run's most common greedy held-out answers: ``20 (179), 30 (160)``."""
     counts = sorted(r["heldout"].get("greedy_answers", {}).items(), key=lambda kv: -kv[1])
-    return ", ".join(f"{a} ({c})" for a, c in counts[:2])
+    return ", ".join(f"{a} ({c})" for a, c in counts[:2]) + f" of {sum(c for _, c in counts)}"
 
 
 def arithmetic(d: Data) -> str:
@@ -308,7 +308,7 @@ def arithmetic(d: Data) -> str:
         out.append(f"- **The paper's setting collapses.** PPO with KL 0 and no entropy term ends at {pm(d.exact(PPO_NONE))} "
                    f"with {pm(d.max_share(PPO_NONE), 2, False)} of all answers on one number, collapsed (max p̄ > "
                    f"{COLLAPSE}) in {c}/{n} seeds (seed {pn[0]['config'].get('seed', 0)}'s most common answers: "
-                   f"{_answers(pn[0])} of 512).")
+                   f"{_answers(pn[0])}).")
     pt, pb = d.arm(PPO_TOKEN), d.arm(PPO_BATCH)
     if pt or pb:
         steady = mean_sd(d.exact(PPO_BATCH))[1] > mean_sd(d.exact(PPO_TOKEN))[1]

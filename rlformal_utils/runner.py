@@ -272,6 +272,9 @@ def main(argv=None) -> int:
 
     if not args.no_figures and not draw_figures(experiments, results, figures, args.profile, args.jobs, failed):
         return 130
+    if not args.no_figures and results.is_relative_to(REPO_ROOT / "results"):  # never from a --results-dir elsewhere
+        from .findings import refresh
+        print(f"findings: {', '.join(refresh(REPO_ROOT)) or 'unchanged'}")
     print(f"total {(time.time() - t0) / 60:.1f} min; figures in {figures}, tables in {results}")
     return 1 if failed else 0
 

@@ -11,7 +11,7 @@ from ..pretrained import check_hub_name
 from .data import OFFLINE_DATA
 from .policy import LORA_RANKS, OFFLINE_POLICIES
 from .reward import OFFLINE_REWARDS
-from .sampling import PROMPT_FORMATS
+from .sampling import PROMPT_FORMATS, prompt_lengths  # noqa: F401 (prompt_lengths: read from here too)
 
 
 @dataclass(frozen=True)
@@ -126,12 +126,6 @@ def judge_name(config: dict) -> str:
     """The judge actually used: ``auto`` resolves to the reward's independent counterpart."""
     from .reward import default_judge
     return default_judge(config["reward"]) if config["judge"] == "auto" else config["judge"]
-
-
-def prompt_lengths(config: dict) -> dict:
-    """The prompt and response length ranges, as ``sampling.make_prompts`` takes them."""
-    return dict(prompt_min=config["prompt_min_tokens"], prompt_max=config["prompt_max_tokens"],
-                response_min=config["response_min_tokens"], response_max=config["response_max_tokens"])
 
 
 def sampling(config: dict) -> dict:

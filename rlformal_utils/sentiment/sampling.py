@@ -123,11 +123,16 @@ def decode_pairs(tokenizer, reviews, responses) -> tuple[list[str], list[str]]:
     return full, resp
 
 
+def prompt_lengths(config: dict) -> dict:
+    """The prompt and response length ranges of a run's config, as ``make_prompts`` takes them."""
+    return dict(prompt_min=config["prompt_min_tokens"], prompt_max=config["prompt_max_tokens"],
+                response_min=config["response_min_tokens"], response_max=config["response_max_tokens"])
+
+
 def run_prompts(config: dict, tokenizer, prefix: list[int], train_texts, heldout_texts) -> tuple[list[dict], list[dict]]:
     """A run's prompts: ``ppo_steps x ppo_batch_size`` training prompts from train-movie reviews
     (seeded by ``seed``) and ``n_heldout`` held-out prompts (seeded by ``data_seed``, so every RL
     seed is evaluated on the same prompts)."""
-    from .params import prompt_lengths  # params imports this module (PROMPT_FORMATS)
     lengths = prompt_lengths(config)
     train = make_prompts(tokenizer, train_texts, max(config["ppo_steps"], 1) * config["ppo_batch_size"],
                          seed=config["seed"], prefix=prefix, **lengths)
