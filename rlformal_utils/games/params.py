@@ -45,7 +45,7 @@ PARAMS = [
     Param("reward_workers", 2, "ludax worker processes (0: in this process, no timeout)", low=0, high=64),
     # evaluation
     Param("n_eval", 48, "held-out examples scored per arm, one sampled middle each", low=1, high=100_000),
-    Param("torch_threads", 0, "torch threads, 0 means the torch default", low=0, high=256, config=False),
+    Param("torch_threads", 0, "torch threads, 0 means half the cores (at most 8)", low=0, high=256, config=False),
     Param("device", "auto", "where the models compute: auto picks a CUDA GPU if torch sees one, else the CPU",
           choices=DEVICES, config=False),
 ]
