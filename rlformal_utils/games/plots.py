@@ -79,7 +79,8 @@ def fig_training(metrics: pd.DataFrame):
     return fig
 
 
-SHARES = {k: v for k, v in HELDOUT.items() if k != "mean_reward"}  # shares of the examples: one axis
+SHARES = {k: v.replace(" ", "\n", 1) if len(v) > 9 else v  # shares of the examples: one axis; tick
+          for k, v in HELDOUT.items() if k != "mean_reward"}     # labels on two lines so they never overlap
 
 
 def _bars(ax, heldout: pd.DataFrame, cols: dict, arms: list[str]) -> None:
