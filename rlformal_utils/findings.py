@@ -29,7 +29,6 @@ import numpy as np
 
 from .runs import REPO_ROOT
 
-COLLAPSE = 0.3  # max p̄ above this = collapsed onto a few answers (the true answers' most common share ~0.06)
 TRL_SENTIMENT_GAIN = 2.24  # TRL's gpt2-sentiment notebook: mean reward 0.24 -> 2.48 on held-out queries
 DOCS = ["README.md", "docs/arithmetic.md", "docs/sentiment.md", "docs/games.md", "docs/performance.md",
         "docs/cluster.md"]
@@ -131,42 +130,58 @@ SUPERVISED = "long:supervised_pre256"
 BASE = "quick:none_pre256"
 
 
+def judged(d: Data):
+    """Every arithmetic run (quick and long) judged by the one collapse criterion of
+    ``rlformal_utils.arithmetic.stability``, loaded once."""
+    if not hasattr(d, "_judged"):
+        from .arithmetic import stability as S
+        try:
+            d._judged = S.load(S.profile_dirs(d.root / "results" / "arithmetic", "quick"))
+        except FileNotFoundError:
+            d._judged = None
+    return d._judged
+
+
 def collapsed(d: Data, name: str) -> tuple[int, int]:
-    """(runs whose held-out answers collapsed, runs), by the collapse criterion of the stability
-    analysis when it is there, else max p̄ > COLLAPSE."""
-    runs = d.arm(name)
-    try:
-        from .arithmetic import stability  # the arithmetic figures' criterion, when present
-        is_collapsed = getattr(stability, "is_collapsed", None)
-    except ImportError:
-        is_collapsed = None
-    if is_collapsed is not None:
-        try:
-            return sum(bool(is_collapsed(r["dir"])) for r in runs), len(runs)
-        except Exception:  # another signature: fall back to the plain criterion below
-            pass
-    return sum(r["heldout"].get("eval_max_share", 0) > COLLAPSE for r in runs), len(runs)
+    """(runs of the arm that collapsed, runs judged), by the stability criterion."""
+    j = judged(d)
+    if j is None:
+        return 0, 0
+    runs = j[j["run"].isin([r["run"] for r in d.arm(name)]) & j["judged"]]
+    return int(runs["collapsed"].sum()), len(runs)
 
 
-def stability_claim(d: Data) -> str | None:
-    """The arithmetic figures' own sentence on "batch entropy helps, but training is not entirely
-    stable", when the stability analysis provides one."""
-    try:
-        from .arithmetic import stability
-    except ImportError:
-        return None
-    claim = getattr(stability, "claim", None)
-    if claim is None:
-        return None
-    for args in [(d.root / "results" / "arithmetic",), ()]:
-        try:
-            out = claim(*args)
-        except TypeError:
-            continue
-        except Exception:
-            return None
-        return out if isinstance(out, str) else None
-    return None
+def collapse_definition() -> str:
+    from .arithmetic import stability as S
+    return S.DEFINITION.split(" = ", 1)[1]
+
+
+def batch_entropy_verdict(d: Data) -> str:
+    """The paper's "batch entropy aids exploration, although training is not yet entirely stable", for
+    PPO with KL 0: it helps if its mean beats no entropy term's by more than the larger seed sd; the
+    benefit is specific if token entropy's mean is not within that margin; unstable if its seeds spread
+    widest of the PPO arms or one of its runs collapsed."""
+    none, token, batch = d.exact(PPO_NONE), d.exact(PPO_TOKEN), d.exact(PPO_BATCH)
+    if len(batch) < 2 or len(none) < 2:
+        return "not tested here"
+    (mb, sb, _), (mn, sn, _) = mean_sd(batch), mean_sd(none)
+    helps = mb - mn > max(sb, sn)
+    specific = True
+    if len(token) > 1:
+        mt, st, _ = mean_sd(token)
+        specific = abs(mb - mt) > max(sb, st)
+    others = [mean_sd(v)[1] for v in (none, token) if len(v) > 1]
+    unstable = all(sb > s for s in others) or collapsed(d, PPO_BATCH)[0] > 0
+    if not helps:
+        return "contradicted"
+    return "supported" if specific and unstable else "partly"
+
+
+def stability_claim(d: Data) -> str:
+    """The stability analysis' paragraph on the paper's claim, computed from every arithmetic run."""
+    from .arithmetic import stability as S
+    j = judged(d)
+    return S.claim(j) if j is not None else "No arithmetic runs in results/."
 
 
 def seeds_text(values, digits: int = 3) -> str:
@@ -176,6 +191,17 @@ def seeds_text(values, digits: int = 3) -> str:
 # ----------------------------------------------------------------------------- the blocks
 def _link(text: str, path: str) -> str:
     return f"[{text}]({path})"
+
+
+def sentiment_verdict(rows: list[dict]) -> str:
+    """Supported when the main setting meets our three acceptance targets on average, partly when the
+    reward gain does but the judge or the fluency target does not, contradicted when the gain does not."""
+    if not rows:
+        return "not tested here"
+    gain, judge, ratio = (mean_sd(num(rows, c))[0] for c in ("reward_gain", "judge_positive_after", "perplexity_ratio"))
+    if gain < 2.0:
+        return "contradicted"
+    return "supported" if judge >= 0.8 and ratio <= 1.5 else "partly"
 
 
 def glance(d: Data) -> str:
@@ -188,7 +214,9 @@ def glance(d: Data) -> str:
     rows.append(("PPO trains an LM directly from a programmed reward",
                  f"arithmetic, held-out exact match from {base_txt}: PPO + token entropy {pm(d.exact(PPO_TOKEN))}; "
                  f"PPO, frozen reference (trl's default) {pm(d.exact(PPO_FROZEN))}",
-                 "supported", "arithmetic_learning_curves.png", "arithmetic.ipynb"))
+                 ("supported" if max(mean_sd(d.exact(PPO_TOKEN))[0], mean_sd(d.exact(PPO_FROZEN))[0]) > 0.5 else
+                  "partly" if d.exact(PPO_TOKEN) else "not tested here"),
+                 "arithmetic_learning_curves.png", "arithmetic.ipynb"))
     # 2. sentiment validates the setup
     main = d.sentiment_rows(0.2)
     gain = num(main, "reward_gain")
@@ -198,23 +226,21 @@ def glance(d: Data) -> str:
                  f"judge's positive share {mean(num(main, 'judge_positive_before'))} -> "
                  f"{pm(num(main, 'judge_positive_after'), 2, False)}; perplexity "
                  f"{pm(num(main, 'perplexity_ratio'), 2, False, unit='x')} the base model's",
-                 "partly" if gain else "not tested here", "sentiment_kl_sweep.png", "sentiment.ipynb"))
+                 sentiment_verdict(main), "sentiment_kl_sweep.png", "sentiment.ipynb"))
     # 3. arithmetic collapses onto a naive answer
     rows.append(("Arithmetic: pure RL collapses onto a naive answer",
                  f"PPO, KL 0, no entropy term: {pm(d.exact(PPO_NONE))}, share of the most common answer "
-                 f"{pm(d.max_share(PPO_NONE), 2)}; collapsed (max p̄ > {COLLAPSE}) in {c}/{n} seeds",
+                 f"{pm(d.max_share(PPO_NONE), 2, False)}; collapsed in {c}/{n} seeds (rolling max p̄ > 0.3)",
                  "supported" if n and 2 * c > n else ("partly" if c else ("contradicted" if n else "not tested here")),
                  "arithmetic_collapse.png", "arithmetic.ipynb"))
     # 4. batch entropy helps but training is not entirely stable
     batch = d.exact(PPO_BATCH)
-    claim = stability_claim(d)
-    spread = f"seeds {seeds_text(batch)}" if batch else ""
-    rows.append(("Batch entropy helps exploration, training not entirely stable",
-                 claim or (f"PPO + batch entropy {pm(batch)} ({spread}) against {pm(d.exact(PPO_NONE), n=False)} "
-                           f"without; group-relative update {pm(d.exact(GROUP_BATCH), n=False)} with, "
-                           f"{pm(d.exact(GROUP_NONE), n=False)} without"),
-                 "supported" if batch and min(batch) > max(d.exact(PPO_NONE) or [0]) else "partly",
-                 "arithmetic_learning_curves.png", "arithmetic_figures.ipynb"))
+    cb, nb = collapsed(d, PPO_BATCH)
+    rows.append(("Batch entropy aids exploration, training not entirely stable",
+                 f"PPO, KL 0: batch entropy {pm(batch)} (seeds {seeds_text(batch)}; collapsed {cb}/{nb}), token "
+                 f"entropy {pm(d.exact(PPO_TOKEN), n=False)}, none {pm(d.exact(PPO_NONE), n=False)}; group-relative "
+                 f"update {pm(d.exact(GROUP_BATCH), n=False)} with, {pm(d.exact(GROUP_NONE), n=False)} without",
+                 batch_entropy_verdict(d), "arithmetic_learning_curves.png", "arithmetic_figures.ipynb"))
     # 5. direct RL suits small changes better than new tasks
     sup = d.exact(SUPERVISED)
     fewer = (f" on {d.arm(GROUP_BATCH)[0]['answers_seen'] / d.arm(SUPERVISED)[0]['answers_seen']:.0f}x fewer answers"
@@ -306,8 +332,8 @@ def arithmetic(d: Data) -> str:
     if pn:
         c, n = collapsed(d, PPO_NONE)
         out.append(f"- **The paper's setting collapses.** PPO with KL 0 and no entropy term ends at {pm(d.exact(PPO_NONE))} "
-                   f"with {pm(d.max_share(PPO_NONE), 2, False)} of all answers on one number, collapsed (max p̄ > "
-                   f"{COLLAPSE}) in {c}/{n} seeds (seed {pn[0]['config'].get('seed', 0)}'s most common answers: "
+                   f"with {pm(d.max_share(PPO_NONE), 2, False)} of its held-out answers on one number; it collapsed in "
+                   f"{c}/{n} seeds ({collapse_definition()}) (seed {pn[0]['config'].get('seed', 0)}'s most common answers: "
                    f"{_answers(pn[0])}).")
     pt, pb = d.arm(PPO_TOKEN), d.arm(PPO_BATCH)
     if pt or pb:
@@ -449,7 +475,8 @@ def ppo_internals(d: Data) -> str:
 
 BLOCKS = {"glance": glance, "arithmetic": arithmetic, "sentiment_table": sentiment_table, "sentiment": sentiment,
           "games": games, "timings": timings, "ppo_internals": ppo_internals,
-          "sentiment_setup": sentiment_setup}
+          "sentiment_setup": sentiment_setup,
+          "stability_claim": stability_claim}
 
 
 def findings_md(d: Data) -> str:

@@ -406,6 +406,8 @@ def test_run_result_states_the_run_from_its_own_numbers():
     assert "playable 0.125 (SFT) -> 0.250 (PPO)" in text and "0.167 (mean of the first 3 steps) -> 0.300" in text
     assert "fewer playable games" in E.run_result(_summary(0.25, 0.125), [])
     assert "as many playable games as" in E.run_result(_summary(0.2, 0.2), [])
+    assert "within sampling noise" in text  # 0.125 -> 0.250 over 48 middles: sd of the difference ~0.079
+    assert "larger than twice its sampling sd" in E.run_result(_summary(0.1, 0.6), [])
 
 
 def _heldout_frame():

@@ -21,7 +21,7 @@ def before_after_table(summary: dict) -> pd.DataFrame:
 
 def result_text(summary: dict) -> str:
     """The run's result in one paragraph (Markdown), every number read from ``summary``; the
-    targets are those of the classifier reward (issue 11)."""
+    targets are our acceptance targets for the classifier reward (defined in the README)."""
     config, before, after = summary["config"], summary["before"], summary["after"]
     gain = after["reward_mean"] - before["reward_mean"]
     ratio = after["perplexity"] / before["perplexity"]
