@@ -167,6 +167,13 @@ class GroupConfig:
     mask_banned: bool = True
 
 
+def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip: float) -> torch.Tensor:
+    """PPO's clipped policy loss per sample (the caller averages): max(-A r, -A clip(r, 1 - c, 1 + c)).
+    The ratio is clipped only where that lowers the objective: above 1 + c for a positive advantage,
+    below 1 - c for a negative one. Both trainers use it."""
+    return torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip))
+
+
 def group_advantages(rewards: torch.Tensor, std_normalise: bool = True, eps: float = 1e-4) -> torch.Tensor:
     """(B, k) rewards -> advantages relative to each prompt's group: r - mean, divided by the
     group's (population) std + eps when ``std_normalise``. A group whose answers all earn the
@@ -206,7 +213,7 @@ class GroupRelative(_Trainer):
             logp_all = first if epoch == 0 else masked_log_softmax(last_position(self.model, prompts),
                                                                     self.banned, cfg.mask_banned)
             ratio = torch.exp(logp_all.gather(1, answers) - old_logp)
-            pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip, 1 + cfg.clip)).mean()
+            pg_loss = clipped_surrogate(ratio, adv, cfg.clip).mean()
             ent = _entropy_terms(logp_all)
             loss = pg_loss - cfg.token_entropy_coef * ent["token_entropy"] - cfg.batch_entropy_coef * ent["batch_entropy"]
             kl = torch.zeros(())
@@ -350,7 +357,7 @@ class OneTokenPPO(_Trainer):
         vclipped = torch.max(torch.min(vpred, values + cfg.cliprange_value), values - cfg.cliprange_value)
         vf_loss = 0.5 * torch.max((vpred - returns) ** 2, (vclipped - returns) ** 2).mean()
         ratio = torch.exp(logp - logp_old)
-        pg_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - cfg.cliprange, 1 + cfg.cliprange)).mean()
+        pg_loss = clipped_surrogate(ratio, advantages, cfg.cliprange).mean()
         if ratio.mean().item() > cfg.ratio_threshold:               # trl skips such a batch
             pg_loss, vf_loss = pg_loss * 0.0, vf_loss * 0.0
         ent = _entropy_terms(logp_all)

@@ -94,8 +94,11 @@ def smollm2_dir(cache_dir=None) -> Path:
     def build(folder: Path):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+        from unittest import mock
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        with mock.patch.object(gguf_utils, "tqdm", lambda items, **kwargs: items):  # a few seconds, no bar
+            loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         config = loaded.config
         if hasattr(config, "quantization_config"):  # dequantised weights: an ordinary model that can be
             del config.quantization_config          # fine-tuned and saved again

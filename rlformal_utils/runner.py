@@ -38,7 +38,7 @@ FIGURE_NOTEBOOKS = {"arithmetic": "arithmetic_figures.ipynb", "sentiment": "sent
 DEFAULT_EXPERIMENTS = ["arithmetic", "sentiment", "games"]
 
 
-PROFILES = ["quick", "paper", "long", "smoke"]
+PROFILES = ["quick", "paper", "long", "smoke", "classroom"]  # classroom: minutes, results/classroom/
 
 
 def runs_for(experiment: str, profile: str) -> list[Run]:
@@ -210,7 +210,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="quick", choices=PROFILES,
                     help="quick: laptop CPU (default); paper: the paper's settings (GPU or long run); "
-                         "long: longer arithmetic runs (diagnostic); smoke: seconds, for tests")
+                         "long: longer arithmetic runs (diagnostic); smoke: seconds, for tests; "
+                         "classroom: each experiment's effect in a few minutes (docs/teaching.md)")
     ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1)),
                     help="runs in parallel on this machine, as processes or LocalCluster workers "
                          "(default: one per core); a remote Dask cluster runs as many as its workers have threads")

@@ -38,6 +38,7 @@ def test_parameters_cell_is_the_declaration_and_papermill_reads_every_line():
     for p in PARAMS:
         assert eval(found[p.name]["default"]) == p.default, p.name
         assert found[p.name]["help"], p.name
+        assert found[p.name]["inferred_type_name"] == (p.kind or type(p.default)).__name__, p.name  # typed
 
 
 def _metrics(out):

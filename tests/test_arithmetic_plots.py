@@ -188,3 +188,68 @@ def test_profile_dirs_pool_quick_and_long_only(tmp_path):
     assert S.profile_dirs(quick, "quick") == [quick, long]
     assert S.profile_dirs(long, "long") == [long, quick]
     assert S.profile_dirs(quick, "smoke") == [quick]
+
+
+def test_fall_from_best_by_hand(tmp_path):
+    folder = tmp_path / "arithmetic"
+    write_run(folder, "ppo_batch_s0", 0.6, collapsed=False, regulariser="batch")
+    metrics = pd.read_csv(folder / "ppo_batch_s0" / "metrics.csv")
+    metrics.loc[50, "heldout_greedy_exact_match"] = 0.85  # its best evaluation, mid-run
+    metrics.to_csv(folder / "ppo_batch_s0" / "metrics.csv", index=False)
+    judged = S.load([folder])
+    assert judged["fall_from_best"].iloc[0] == pytest.approx(0.25)
+    assert S.stability_table(judged)["largest_fall_from_best"].iloc[0] == pytest.approx(0.25)
+
+
+# ----------------------------------------------------------------------------- the figures
+def _visible_axes(fig):
+    return [a for a in fig.axes if a.get_visible()]
+
+
+def test_stability_figure_one_column_per_arm_and_no_empty_panel(tmp_path):
+    import matplotlib.pyplot as plt
+    from rlformal_utils.arithmetic import plots
+
+    folder = tmp_path / "arithmetic"
+    tiny_results(folder)
+    metrics, judged = S.load_with_metrics([folder])
+    fig = plots.fig_stability(metrics, judged)  # no 'both' runs here: three columns, not four
+    axes = _visible_axes(fig)
+    assert len(axes) == 6 and all(a.lines for a in axes)
+    assert any(line.get_ydata()[0] == S.THRESHOLD for a in axes[3:] for line in a.lines)  # the threshold drawn
+    titles = " ".join(a.get_title() for a in axes)
+    assert "collapsed 3/3" in titles and "0.700 ± 0.200" in titles
+    plt.close(fig)
+
+
+def test_ppo_diagnostics_leave_out_the_kl_panels_without_a_frozen_reference(tmp_path):
+    import matplotlib.pyplot as plt
+    from rlformal_utils.arithmetic import plots
+
+    folder = tmp_path / "arithmetic"
+    tiny_results(folder)
+    for name in ["ppo_none_s0", "ppo_batch_s0"]:
+        m = pd.read_csv(folder / name / "metrics.csv")
+        m = m.assign(kl_coef=0.2, exact_kl=0.0, kl=0.0, value_return_corr=0.5, banned_mass=1e-3)
+        m.to_csv(folder / name / "metrics.csv", index=False)
+    metrics, _ = plots.load_runs(folder)
+    fig = plots.fig_ppo_diagnostics(metrics)
+    titles = [a.get_title() for a in _visible_axes(fig)]
+    assert len(titles) == 2 and not any("KL" in t for t in titles)
+    assert all(a.lines for a in _visible_axes(fig))
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 5, 7])
+def test_histograms_leave_no_empty_panel(tmp_path, n):
+    import matplotlib.pyplot as plt
+    from rlformal_utils.arithmetic import plots
+
+    folder = tmp_path / "arithmetic"
+    for i in range(n):
+        write_run(folder, f"run{i}", 0.5, collapsed=False, regulariser="batch", entropy_coef=0.1 * (i + 1))
+    _, runs = plots.load_runs(folder)
+    fig = plots.fig_histograms(folder, runs, list(runs["arm"]), runs["start"].iloc[0])
+    axes = _visible_axes(fig)
+    assert len(axes) == n and all(a.patches for a in axes)
+    plt.close(fig)

@@ -53,7 +53,7 @@ PARAMS = [
     Param("n_heldout", 512, "problems in each evaluation set (held-out, unseen)",
           low=8, high=100_000),
     Param("n_evals", 16, "evaluations, evenly spaced in log(answers seen)", low=1, high=1000),
-    Param("torch_threads", 0, "torch threads, 0 means the torch default", low=0, high=256, config=False),
+    Param("torch_threads", 0, "torch threads, 0 means half the cores (at most 8)", low=0, high=256, config=False),
     Param("device", "auto", "where the models compute: auto picks a CUDA GPU if torch sees one, else the CPU",
           choices=DEVICES, config=False),
 ]

@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib.lines import Line2D
 import numpy as np
 import pandas as pd
 
 from ..figures import band, fmt_mean_sd, thousands
 from ..runs import complete_runs
+from . import stability
 
 REG_LABEL = {"none": "no entropy term", "token": "token entropy", "batch": "batch entropy", "both": "both entropies"}
 WEAK = 256  # the paper's pretraining set: 256 chains, one epoch
@@ -48,6 +50,16 @@ def arm_of(cfg: dict) -> str:
     if not cfg.get("mask_banned", True):
         name += ", banned tokens trained (as trl)"
     return name
+
+
+def is_sweep_point(run) -> bool:
+    """A run of the coefficient or learning-rate sweeps: an entropy coefficient or a learning rate other
+    than the quick profile's (``run``: a row of ``load_runs``)."""
+    alg = run["algorithm"]
+    if alg not in DEFAULTS["rl_lr"]:
+        return False
+    coef = run["regulariser"] != "none" and not np.isclose(run["entropy_coef"], DEFAULTS["entropy_coef"])
+    return bool(coef or not np.isclose(run["rl_lr"], DEFAULTS["rl_lr"][alg]))
 
 
 def start_of(cfg: dict) -> str:
@@ -244,7 +256,7 @@ def fig_collapse(metrics: pd.DataFrame, arms: list[str], start: str):
         band(ax[1], per_run, "bin", "rollout_mutual_information", arm, color=f"C{i}")
     ax[0].set(xscale="log", xlabel="sampled answers seen", ylabel="max p̄", ylim=(0, 1),
               title="share of the most common answer (1 = one answer for every prompt)")
-    ax[0].axhline(COLLAPSE, color="0.5", ls=":", lw=1)
+    ax[0].axhline(stability.THRESHOLD, color="0.5", ls=":", lw=1)
     ax[1].set(xscale="log", xlabel="sampled answers seen", ylabel="nats",
               title="I(prompt; answer) = H(p̄) - mean H(p_i)")
     fig.tight_layout()
@@ -261,22 +273,27 @@ def _no_runs_figure(message: str):
 
 def fig_histograms(results_dir, runs: pd.DataFrame, arms: list[str], start: str, seed: int = 0):
     """Final held-out answer histograms (seed 0) of several arms against the true answers; each
-    panel has its own y-axis so that a spread-out histogram is not flattened by a collapsed one."""
+    panel has its own y-axis so that a spread-out histogram is not flattened by a collapsed one. A
+    short last row is centred, so no panel is left empty."""
     chosen = [runs[(runs["arm"] == a) & (runs["start"] == start) & (runs["seed"] == seed)] for a in arms]
     chosen = [c.iloc[0] for c in chosen if len(c)]
     if not chosen:  # e.g. after --runs with a pattern that ran none of these arms
         return _no_runs_figure(f"no complete seed-{seed} run of {', '.join(arms)} ({start}) in {results_dir}")
     cols = min(3, len(chosen))
     rows = -(-len(chosen) // cols)
-    fig, ax = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows), squeeze=False)
-    for a, row in zip(ax.flat, chosen):
+    fig = plt.figure(figsize=(4.3 * cols, 3.5 * rows))
+    grid = fig.add_gridspec(rows, 2 * cols)
+    for i, row in enumerate(chosen):
+        r, c = divmod(i, cols)
+        left = (cols - (len(chosen) - r * cols)) if r == rows - 1 and len(chosen) % cols else 0  # centre a short row
+        a = fig.add_subplot(grid[r, 2 * c + left:2 * c + left + 2])
         summary = json.loads((Path(results_dir) / row["run"] / "summary.json").read_text())
         arm = row["arm"].replace(", frozen", ",\nfrozen").replace(", banned", ",\nbanned")
         _histogram(a, summary, title=f"{arm}\nexact match {row['heldout_exact_match']:.2f}, "
                                      f"max p̄ {row['max_share']:.2f}")
         a.title.set_fontsize(10)
-    for a in ax.flat[len(chosen):]:
-        a.set_visible(False)
+        if i:
+            a.get_legend().remove()
     fig.tight_layout()
     return fig
 
@@ -311,49 +328,83 @@ def _ppo_rows(metrics: pd.DataFrame, arm_filter: str) -> pd.DataFrame:
     return metrics[metrics["arm"].str.startswith(arm_filter) & (metrics["answers_seen"] > 0)].dropna(subset=["kl_coef"])
 
 
+LINESTYLES = ["-", "--", "-.", ":"]
+
+
+def _arm_mean(d: pd.DataFrame, col: str, smooth: int = 1) -> pd.Series:
+    """An arm's mean over its seeds at each logged step (the seeds of an arm log the same steps)."""
+    s = d.groupby("answers_seen")[col].mean()
+    return s.rolling(smooth, min_periods=1).mean() if smooth > 1 else s
+
+
+def _controller(arm: str) -> str:
+    """The KL controller named in an arm's label ('fixed KL 0.03', "trl's adaptive KL", ...)."""
+    return arm.split("frozen ref + ", 1)[1].split(",")[0] if "frozen ref + " in arm else "none"
+
+
 def fig_ppo_diagnostics(metrics: pd.DataFrame, arm_filter: str = "PPO"):
-    """PPO internals per run: the KL estimate vs the exact KL, the adaptive coefficient, the value
-    head's explained variance and its correlation with the return, and the probability mass on the
-    banned tokens."""
+    """PPO internals, one line per arm (mean over its seeds; colour and dash tell the arms apart): with
+    a frozen reference, the exact KL to it and the KL coefficient, one line per controller (KL-0 arms
+    have no reference, so no KL panels for them); for every arm, the value head's correlation with the
+    return and the probability mass on the banned tokens."""
     m = _ppo_rows(metrics, arm_filter)
     if m.empty:
         return _no_runs_figure(f"no complete {arm_filter} run in these results")
-    fig, ax = plt.subplots(1, 4, figsize=(17, 3.9))
-    for i, (arm, d) in enumerate(m.groupby("arm", sort=False)):
-        for j, (run, r) in enumerate(d.groupby("run")):
-            kw = dict(color=f"C{i}", alpha=0.8, lw=1, label=arm if j == 0 else None)
-            ax[0].plot(r["answers_seen"], r["kl"], **kw)
-            ax[0].plot(r["answers_seen"], r["exact_kl"], ls=":", color=f"C{i}", lw=1)
-            ax[1].plot(r["answers_seen"], r["kl_coef"], **kw)
-            ax[2].plot(r["answers_seen"], r["value_return_corr"].rolling(10, min_periods=1).mean(), **kw)
-            ax[3].plot(r["answers_seen"], r["banned_mass"], **kw)
-    ax[0].set(title="KL: trl's estimate (solid) vs exact (dotted)", xlabel="answers seen", ylabel="nats")
-    ax[1].set(title="adaptive KL coefficient", xlabel="answers seen", yscale="log")
-    ax[2].set(title="value head: corr(value, return)", xlabel="answers seen", ylim=(-1, 1))
-    ax[3].set(title="probability on banned tokens", xlabel="answers seen", yscale="log")
-    for a in ax:
-        thousands(a)
+    arms = list(dict.fromkeys(m["arm"]))
+    style = {a: dict(color=f"C{i % 10}", ls=LINESTYLES[(i // 10 + i) % len(LINESTYLES)], lw=1.3)
+             for i, a in enumerate(arms)}
+    frozen = m[m["kl_reference"] == "frozen"]
+    panels = ([("exact_kl", "KL to the frozen reference", "nats", None, 1),
+               ("kl_coef", "KL coefficient", None, "log", 1)] if len(frozen) else [])
+    panels += [("value_return_corr", "value head: corr(value, return)", None, None, 10),
+               ("banned_mass", "probability on banned tokens", None, "log", 1)]
+    rows = len(panels) // 2
+    fig, ax = plt.subplots(rows, 2, figsize=(11, 3.6 * rows + 0.4), squeeze=False)
+    for a, (col, title, ylabel, yscale, smooth) in zip(ax.flat, panels):
+        if col == "kl_coef":  # the same controller draws the same line: one line per controller
+            for controller, d in frozen.groupby(frozen["arm"].map(_controller), sort=False):
+                s = d.groupby("answers_seen")[col].mean()
+                a.plot(s.index, s.values, label=controller, **style[d["arm"].iloc[0]])
+            a.legend(loc="lower left", fontsize=9)
+            continue
+        data = frozen if col == "exact_kl" else m
+        for arm, d in data.groupby("arm", sort=False):
+            s = _arm_mean(d, col, smooth)
+            n = d["run"].nunique()
+            a.plot(s.index, s.values, label=f"{arm} ({n} seed{'s' if n > 1 else ''})", **style[arm])
+        a.set(title=title, xlabel="answers seen", ylabel=ylabel or "")
+        if yscale:
+            a.set_yscale(yscale)
+        if col == "value_return_corr":
+            a.set_ylim(-0.5, 1)
+        thousands(a, n_ticks=4)
     fig.tight_layout()
-    _legend_below(fig, ax[0], ncol=3)
+    handles = {}
+    for a in ax.flat:  # every arm once, in the order drawn
+        if a.get_legend() is None:
+            for h, l in zip(*a.get_legend_handles_labels()):
+                handles.setdefault(l, h)
+    fig.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2,
+               frameon=False)
     return fig
 
 
-def findings(runs: pd.DataFrame, weak: str) -> str:
-    """The runs' result in sentences, every number read from ``runs``."""
+def findings(judged: pd.DataFrame, weak: str) -> str:
+    """The runs' result in sentences, every number read from ``judged`` (``stability.judge_runs``)."""
     lines = []
-    for start, d in runs.groupby("start", sort=False):
+    for start, d in judged.groupby("start", sort=False):
         base = d[d["algorithm"] == "none"]
         head = f"From {start}" + (f" (base model: held-out {base['heldout_exact_match'].mean():.2f})" if len(base) else "")
         lines.append(head + ":")
         for arm, g in d[d["algorithm"] != "none"].groupby("arm", sort=False):
-            collapsed = int((g["max_share"] > COLLAPSE).sum())
             reach = g["answers_to_0_9"]
             reach_txt = (f"first evaluated >= 0.9 at {reach.median():,.0f} answers (median of "
                          f"{reach.notna().sum()}/{len(g)} seeds)"
                          if reach.notna().any() else "never reached 0.9")
             lines.append(f"  - {arm}: held-out {fmt_mean_sd(g['heldout_exact_match'])}, unseen additions "
                          f"{fmt_mean_sd(g['unseen_pairs_exact_match'])} after {g['answers_seen'].iloc[0]:,} answers; "
-                         f"{reach_txt}; collapsed (max p̄ > {COLLAPSE}) in {collapsed}/{len(g)} seeds.")
+                         f"{reach_txt}; collapsed in {stability.count(g)} seeds.")
+    lines.append(f"({stability.DEFINITION}.)")
     return "\n".join(lines)
 
 
@@ -371,3 +422,45 @@ def ppo_findings(metrics: pd.DataFrame) -> str:
                      f" (medians over the second half); banned-token probability {r['banned_mass'].min():.1e} at its "
                      f"lowest, {r['banned_mass'].iloc[-1]:.1e} at the end.")
     return "\n".join(lines) if lines else "no PPO runs"
+
+
+# ----------------------------------------------------------------------------- stability
+def fig_stability(metrics: pd.DataFrame, judged: pd.DataFrame, regularisers=("none", "token", "batch", "both")):
+    """Per-seed trajectories of PPO with KL 0 from the paper's weak start, one column per entropy term:
+    held-out exact match (top) and max p̄ on the training batches (bottom: faint, every logged batch;
+    bold, the rolling median the collapse criterion reads, with its threshold dashed and a cross where
+    a sustained collapse begins)."""
+    S = stability
+    cols = [(r, g) for r in regularisers for g in [S.ppo_arm(judged, r)] if len(g)]
+    if not cols:
+        return _no_runs_figure("no complete PPO run with KL 0 from the paper's weak start in these results")
+    n = len(cols)
+    fig, ax = plt.subplots(2, n, figsize=(2.75 * n + 0.9, 5.9), sharex=True, sharey="row", squeeze=False)
+    for c, (reg, g) in enumerate(cols):
+        for _, run in g.sort_values("seed").iterrows():
+            m = metrics[metrics["run"] == run["run"]].sort_values("answers_seen")
+            color = f"C{int(run['seed']) % 10}"
+            ev = m.dropna(subset=["heldout_greedy_exact_match"])
+            ax[0, c].plot(ev["answers_seen"], ev["heldout_greedy_exact_match"], color=color, lw=1.2, marker=".",
+                          ms=4, label=f"seed {run['seed']}")
+            tr = m.dropna(subset=[S.SHARE])
+            med = S.rolling_median(tr["answers_seen"], tr[S.SHARE], S.WINDOW * run["answers_seen"])
+            ax[1, c].plot(tr["answers_seen"], tr[S.SHARE], color=color, lw=0.6, alpha=0.25)
+            ax[1, c].plot(tr["answers_seen"], med, color=color, lw=1.4)
+            if run["collapsed"]:
+                ax[1, c].plot(run["collapsed_at_answers"], S.THRESHOLD, "x", color=color, ms=9, mew=2)
+        ax[1, c].axhline(S.THRESHOLD, color="k", ls="--", lw=1)
+        ax[0, c].set_title(f"PPO, {REG_LABEL[reg]}\n{fmt_mean_sd(g['heldout_exact_match'], count=False)}, "
+                           f"collapsed {S.count(g)}", fontsize=10)
+        ax[1, c].set_xlabel("answers seen")
+        thousands(ax[1, c], n_ticks=4)
+    ax[0, 0].set(ylim=(0, 1), ylabel="held-out exact match")
+    ax[1, 0].set(ylim=(0, 1), ylabel="max p̄ (training batches)")
+    fig.suptitle("PPO with KL 0, seed by seed: does it learn, does it collapse?", y=1.0)
+    fig.tight_layout()
+    handles, labels = ax[0, 0].get_legend_handles_labels()
+    handles += [Line2D([], [], color="k", ls="--", lw=1),
+                Line2D([], [], color="0.3", marker="x", ls="none", ms=8, mew=2)]
+    labels += [f"collapse threshold {S.THRESHOLD}", "a sustained collapse begins"]
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(handles), frameon=False)
+    return fig

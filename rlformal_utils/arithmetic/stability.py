@@ -17,6 +17,7 @@ run), so a redraw never retrains.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -81,17 +82,32 @@ def judge(answers, share, total: float | None = None) -> dict:
                 longest_stretch=max((e - b for b, e in found), default=0.0) / total if total else 0.0)
 
 
+def judge_metrics(metrics: pd.DataFrame, total: float | None = None) -> dict:
+    """``judge`` on one run's ``metrics.csv`` (``total``: the run's answers seen)."""
+    if SHARE not in metrics:
+        return judge([], [])
+    m = metrics.dropna(subset=[SHARE]).sort_values("answers_seen")
+    return judge(m["answers_seen"], m[SHARE], total)
+
+
 def judge_runs(metrics: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """``runs`` with the criterion's columns added (one row per run)."""
     rows = []
     for _, r in runs.iterrows():
-        m = metrics[metrics["run"] == r["run"]] if "run" in metrics else metrics.iloc[:0]
-        if SHARE in m:
-            m = m.dropna(subset=[SHARE]).sort_values("answers_seen")
-            rows.append(judge(m["answers_seen"], m[SHARE], r["answers_seen"]))
-        else:
-            rows.append(judge([], []))
+        m = metrics[metrics["run"] == r["run"]]
+        best = m["heldout_greedy_exact_match"].max() if "heldout_greedy_exact_match" in m else np.nan
+        # how far the run ends below its own best held-out evaluation (0: it ends at its best)
+        rows.append(dict(judge_metrics(m, r["answers_seen"]),
+                         fall_from_best=max(best - r["heldout_exact_match"], 0.0) if best == best else np.nan))
     return pd.concat([runs.reset_index(drop=True), pd.DataFrame(rows)], axis=1)
+
+
+def is_collapsed(run_dir) -> bool:
+    """The criterion on one run folder (its ``metrics.csv``, and ``summary.json`` for the answers seen)."""
+    run_dir = Path(run_dir)
+    summary = run_dir / "summary.json"
+    total = json.loads(summary.read_text())["answers_seen"] if summary.exists() else None
+    return judge_metrics(pd.read_csv(run_dir / "metrics.csv"), total)["collapsed"]
 
 
 def count(judged: pd.DataFrame, column: str = "collapsed") -> str:
@@ -101,11 +117,25 @@ def count(judged: pd.DataFrame, column: str = "collapsed") -> str:
 
 
 # ----------------------------------------------------------------------------- tables
+def _groups(judged: pd.DataFrame):
+    """(start, arm, runs) in reading order: the paper's weak start first; base model, group-relative
+    arms, PPO with KL 0, PPO with a frozen reference, supervised."""
+    def key(item):
+        (start, arm), g = item
+        r = g.iloc[0]
+        kind = {"none": 0, "group": 1, "ppo": 2 if r["kl_reference"] != "frozen" else 3}.get(r["algorithm"], 9)
+        sweep_point = r["algorithm"] in ("group", "ppo") and (
+            (r["regulariser"] != "none" and not np.isclose(r["entropy_coef"], 0.3))
+            or not np.isclose(r["rl_lr"], _GROUP["rl_lr"] if r["algorithm"] == "group" else _PPO["rl_lr"]))
+        return (r["pretrain_chains"] != _WEAK["pretrain_chains"], start, kind, sweep_point, arm)
+    return [(start, arm, g) for (start, arm), g in sorted(judged.groupby(["start", "arm"], sort=False), key=key)]
+
+
 def stability_table(judged: pd.DataFrame) -> pd.DataFrame:
     """One row per start and arm: final greedy exact match (mean, sd with ddof=1, seeds) on held-out
     and unseen additions, and the collapse counts, in plain numbers (``results/arithmetic_stability.csv``)."""
     out = []
-    for (start, arm), g in judged.groupby(["start", "arm"], sort=False):
+    for start, arm, g in _groups(judged):
         hm, hs, n = mean_sd(g["heldout_exact_match"])
         um, us, _ = mean_sd(g["unseen_pairs_exact_match"])
         j = g[g["judged"]]
@@ -114,7 +144,8 @@ def stability_table(judged: pd.DataFrame) -> pd.DataFrame:
                         heldout_max=g["heldout_exact_match"].max(), unseen_mean=um, unseen_sd=us,
                         judged=len(j), collapsed=int(j["collapsed"].sum()),
                         ended_collapsed=int(j["ended_collapsed"].sum()),
-                        first_collapse_answers=j["collapsed_at_answers"].min()))
+                        first_collapse_answers=j["collapsed_at_answers"].min(),
+                        largest_fall_from_best=g["fall_from_best"].max()))
     return pd.DataFrame(out)
 
 
@@ -122,6 +153,7 @@ def _md_row(g: pd.DataFrame) -> dict:
     return {"seeds": len(g), "held-out exact match": fmt_mean_sd(g["heldout_exact_match"], count=False),
             "unseen additions": fmt_mean_sd(g["unseen_pairs_exact_match"], count=False),
             "seed range": _range(g["heldout_exact_match"]),
+            "largest fall from a seed's best": f"{g['fall_from_best'].max():.3f}",
             "collapsed": count(g), "ended collapsed": count(g, "ended_collapsed")}
 
 
@@ -131,7 +163,7 @@ def _range(v: pd.Series) -> str:
 
 def stability_markdown(judged: pd.DataFrame) -> pd.DataFrame:
     """The same table for reading: mean ± sd (ddof=1), seeds, collapse counts 'k/n'."""
-    rows = [dict(start=start, arm=arm, **_md_row(g)) for (start, arm), g in judged.groupby(["start", "arm"], sort=False)]
+    rows = [dict(start=start, arm=arm, **_md_row(g)) for start, arm, g in _groups(judged)]
     return pd.DataFrame(rows)
 
 
@@ -190,7 +222,7 @@ def sweeps_markdown(judged: pd.DataFrame) -> pd.DataFrame:
         g = select(judged, selector)
         rows.append(dict(sweep=sweep, setting=setting, **(_md_row(g) if len(g) else
                     {"seeds": 0, "held-out exact match": "not run", "unseen additions": "", "seed range": "",
-                     "collapsed": "", "ended collapsed": ""})))
+                     "largest fall from a seed's best": "", "collapsed": "", "ended collapsed": ""})))
     return pd.DataFrame(rows)
 
 
@@ -198,7 +230,7 @@ def sweeps_markdown(judged: pd.DataFrame) -> pd.DataFrame:
 PPO_ARMS = {"none": "no entropy term", "token": "token entropy", "batch": "batch entropy", "both": "both"}
 
 
-def _ppo_arm(judged: pd.DataFrame, regulariser: str) -> pd.DataFrame:
+def ppo_arm(judged: pd.DataFrame, regulariser: str) -> pd.DataFrame:
     return select(judged, dict(_PPO, regulariser=regulariser, **({} if regulariser == "none" else
                                                                   {"entropy_coef": 0.3})))
 
@@ -239,8 +271,12 @@ def _span(points) -> float:
 def claim(judged: pd.DataFrame) -> str:
     """One paragraph answering the paper's claim from the runs in ``judged`` (``judge_runs`` output):
     PPO with KL 0 and no entropy term, token entropy, batch entropy (and both), the collapse counts,
-    the seed spread, and the sensitivity to the batch-entropy coefficient and the learning rate."""
-    arms = {r: _ppo_arm(judged, r) for r in PPO_ARMS}
+    the seed spread, the sensitivity to the batch-entropy coefficient and the learning rate, and the KL
+    controllers of PPO with a frozen reference. ``judged`` may also be a quick results folder
+    (``results/arithmetic``): its runs and the long profile's are then read."""
+    if not isinstance(judged, pd.DataFrame):
+        judged = load(profile_dirs(judged, "quick"))
+    arms = {r: ppo_arm(judged, r) for r in PPO_ARMS}
     none, token, batch = arms["none"], arms["token"], arms["batch"]
     if batch.empty or none.empty:
         return ("The runs needed to test the claim (PPO with KL 0, with and without batch entropy, from the "
@@ -266,14 +302,21 @@ def claim(judged: pd.DataFrame) -> str:
                     f"; its mean is {rel} token entropy's")
     text.append(verdict + ".")
     _, sb, _ = mean_sd(batch["heldout_exact_match"])
-    others = {r: mean_sd(g["heldout_exact_match"])[1] for r, g in arms.items() if len(g) > 1 and r != "batch"}
+    others = {r: g for r, g in arms.items() if len(g) > 1 and r != "batch"}
     if len(batch) > 1:
-        widest = bool(others) and all(sb > s for s in others.values())
-        stable = "is borne out" if widest or batch["collapsed"].any() else "is not borne out by these seeds"
-        text.append(f"\"Not entirely stable\" {stable}: batch entropy's seeds end between "
-                    f"{_range(batch['heldout_exact_match']).replace('-', ' and ')} (sd {sb:.3f}"
-                    + (", the widest spread of the PPO arms" if widest else "")
-                    + f") and {count(batch)} of its runs collapsed.")
+        sds = [mean_sd(g["heldout_exact_match"])[1] for g in others.values()]
+        falls = [g["fall_from_best"].max() for g in others.values()]
+        widest = bool(sds) and sb > max(sds)
+        fall = batch["fall_from_best"].max()
+        unstable = widest or batch["collapsed"].any() or (bool(falls) and fall > max(falls))
+        line = (f"\"Not entirely stable\" {'is borne out' if unstable else 'is not borne out by these seeds'}: "
+                f"batch entropy's final exact match has a seed-to-seed sd of {sb:.3f}")
+        if sds:
+            line += f" ({'the widest; ' if widest else ''}other PPO arms {min(sds):.3f}-{max(sds):.3f})"
+        line += f", its worst seed ends {fall:.3f} below its own best evaluation"
+        if falls:
+            line += f" (other PPO arms: at most {max(falls):.3f})"
+        text.append(line + f", and {count(batch)} of its runs collapsed.")
     coef = _sweep_points(judged, "PPO, KL 0: batch-entropy coefficient", skip=("0",))
     lr = _sweep_points(judged, "PPO, KL 0, batch entropy 0.3: learning rate")
     sens = []
@@ -294,6 +337,14 @@ def claim(judged: pd.DataFrame) -> str:
         gap_ppo = batch["heldout_exact_match"].mean() - none["heldout_exact_match"].mean()
         text.append(f"With the group-relative update batch entropy moves {_describe(gnone)} without it to "
                     f"{_describe(gbatch)} with it ({gap_group:+.3f}; with PPO {gap_ppo:+.3f}).")
+    trl = select(judged, dict(_FROZEN, kl_controller="trl"))
+    fixed = [(setting, g) for setting, g in _sweep_points(judged, "PPO, frozen reference: KL controller")
+             if setting.startswith("fixed")]
+    if len(trl) and fixed:
+        best_setting, best = max(fixed, key=lambda sg: (len(sg[1]) > 1, sg[1]["heldout_exact_match"].mean()))
+        text.append(f"PPO with a frozen reference and trl's default controller (its 6-nat target is out of reach "
+                    f"of a one-token answer, so the coefficient decays) reaches {_describe(trl)}; with a "
+                    f"{best_setting} coefficient {_describe(best)}.")
     return " ".join(text)
 
 
@@ -311,7 +362,13 @@ def profile_dirs(results_dir, profile: str) -> list[Path]:
 
 def load(results_dirs) -> pd.DataFrame:
     """``judge_runs`` of every complete run in ``results_dirs`` (a run found twice counts once)."""
-    from .plots import load_runs
+    return load_with_metrics(results_dirs)[1]
+
+
+def load_with_metrics(results_dirs) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(metrics rows, ``judge_runs``) of every complete run in ``results_dirs`` (a run found twice
+    counts once, from the first folder that has it)."""
+    from .plots import load_runs  # plots draws with this module's criterion: imported here, not at the top
     metrics, runs = [], []
     for d in results_dirs:
         try:
@@ -323,4 +380,5 @@ def load(results_dirs) -> pd.DataFrame:
         runs.append(r)
     if not runs:
         raise FileNotFoundError(f"no complete runs under {', '.join(map(str, results_dirs))}")
-    return judge_runs(pd.concat(metrics, ignore_index=True), pd.concat(runs, ignore_index=True))
+    metrics = pd.concat(metrics, ignore_index=True)
+    return metrics, judge_runs(metrics, pd.concat(runs, ignore_index=True))

@@ -15,6 +15,12 @@ def runs(profile: str) -> list[Run]:
                     ppo_lr=1e-4, n_playouts=32, max_turns=500, reward_timeout=120, reward_workers=1, n_eval=48,
                     ppo_games=["connect_four", "gomoku", "connect_six", "reversi", "hop_through", "gridworld"])
         seeds, step_s, overhead = ([0] if profile == "quick" else [1]), 6.0, 100  # idle cores: 508-622 s per run
+    elif profile == "classroom":  # SFT vs the original middles on the held-out games, and a few PPO steps
+        # to see what the playout reward scores: the quick profile's model, half its SFT, 16 examples
+        base = dict(model_size="small", context_chars=48, max_middle_chars=60, sft_steps=200, ppo_steps=4,
+                    ppo_lr=1e-4, n_playouts=16, max_turns=500, reward_timeout=120, reward_workers=1, n_eval=16,
+                    ppo_games=["connect_four", "gomoku", "connect_six", "reversi", "hop_through", "gridworld"])
+        seeds, step_s, overhead = [0], 8.0, 120
     elif profile == "smoke":  # seconds of training; the first ludax compile still costs ~10-60 s
         base = dict(model_size="tiny", vocab_size=320, sft_steps=5, sft_batch_size=4, ppo_steps=2, ppo_batch_size=4,
                     ppo_mini_batch_size=2, ppo_epochs=1, max_new_tokens=16, max_middle_chars=60, n_playouts=4,

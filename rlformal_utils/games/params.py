@@ -13,7 +13,8 @@ PARAMS = [
     # data: fill-in-the-middle examples, split by game
     Param("heldout_games", ["tic_tac_toe", "yavalath", "hex", "wolf_and_sheep"], "never seen in training (cheap to compile)",
           kind=list, rule="a non-empty list of bundled game names that leaves at least two games for training"),
-    Param("ppo_games", [], "training games that supply PPO prompts; empty means all", kind=list,
+    Param("ppo_games", ["connect_four", "gomoku", "connect_six", "reversi", "hop_through", "gridworld"],
+          "training games that supply PPO prompts; empty means all", kind=list,
           rule="a list of training-game names (not held out); empty means all"),
     Param("max_middle_chars", 60, "drop examples whose middle is longer; 0 keeps all", low=0, high=100_000),
     Param("context_chars", 48, "prefix / suffix characters the model reads; 0 means the whole game", low=0, high=100_000),
@@ -27,7 +28,7 @@ PARAMS = [
     Param("sft_lr", 1e-3, "SFT lr, AdamW, cosine", low=1e-8, high=1.0),
     Param("sft_seed", 0, "seed of the model init and the SFT data order", low=0),
     # PPO (trl 0.11.4; the paper: lr 1.41e-5, batch 12, mini-batch 6, no entropy terms)
-    Param("ppo_steps", 30, "PPO steps", low=0, high=1_000_000),
+    Param("ppo_steps", 80, "PPO steps", low=0, high=1_000_000),
     Param("ppo_lr", 1e-4, "PPO lr (paper: 1.41e-5)", low=1e-8, high=1.0),
     Param("ppo_batch_size", 12, "prompts per PPO step (paper: 12)", low=2, high=4096),
     Param("ppo_mini_batch_size", 6, "PPO mini-batch, divides the batch (paper: 6)", low=1, high=4096),
@@ -42,10 +43,10 @@ PARAMS = [
     Param("n_playouts", 32, "random playouts per game (paper: 100)", low=1, high=100_000),
     Param("max_turns", 500, "turn limit of a playout (paper: 500)", low=1, high=2000),
     Param("reward_timeout", 120.0, "seconds per game (compile + play) before it scores 0.03", low=0.1, high=86_400.0),
-    Param("reward_workers", 2, "ludax worker processes (0: in this process, no timeout)", low=0, high=64),
+    Param("reward_workers", 1, "ludax worker processes (0: in this process, no timeout)", low=0, high=64),
     # evaluation
     Param("n_eval", 48, "held-out examples scored per arm, one sampled middle each", low=1, high=100_000),
-    Param("torch_threads", 0, "torch threads, 0 means the torch default", low=0, high=256, config=False),
+    Param("torch_threads", 0, "torch threads, 0 means half the cores (at most 8)", low=0, high=256, config=False),
     Param("device", "auto", "where the models compute: auto picks a CUDA GPU if torch sees one, else the CPU",
           choices=DEVICES, config=False),
 ]

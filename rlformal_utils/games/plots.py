@@ -79,38 +79,58 @@ def fig_training(metrics: pd.DataFrame):
     return fig
 
 
-def fig_heldout(heldout: pd.DataFrame):
-    """Held-out shares per arm: bars mean ± sd (ddof=1) over seeds, dots single seeds."""
-    fig, ax = plt.subplots(figsize=(10, 4.2))
-    arms = [a for a in ARMS if a in set(heldout["arm"])]
+SHARES = {k: v.replace(" ", "\n", 1) if len(v) > 9 else v  # shares of the examples: one axis; tick
+          for k, v in HELDOUT.items() if k != "mean_reward"}     # labels on two lines so they never overlap
+
+
+def _bars(ax, heldout: pd.DataFrame, cols: dict, arms: list[str]) -> None:
+    """Bars mean ± sd (ddof=1) over seeds per arm and column, dots single seeds."""
     width = 0.8 / len(arms)
-    x = np.arange(len(HELDOUT))
+    x = np.arange(len(cols))
     for i, arm in enumerate(arms):
         g = heldout[heldout["arm"] == arm]
-        stats = [mean_sd(g[col]) for col in HELDOUT]
+        stats = [mean_sd(g[col]) for col in cols]
         pos = x - 0.4 + width * (i + 0.5)
         ax.bar(pos, [m for m, _, _ in stats], width, yerr=[0 if np.isnan(s) else s for _, s, _ in stats],
-               label=LABELS[arm], color=f"C{i}", alpha=0.85, capsize=3)
+               label=LABELS[arm], color=f"C{ARMS.index(arm)}", alpha=0.85, capsize=3)
         spread = np.linspace(-width / 4, width / 4, len(g)) if len(g) > 1 else np.zeros(1)
-        for j, col in enumerate(HELDOUT):  # one dot per seed, side by side so the error bar stays visible
+        for j, col in enumerate(cols):  # one dot per seed, side by side so the error bar stays visible
             ax.plot(pos[j] + spread, g.sort_values("seed")[col], "k.", ms=5)
-    ax.set_xticks(x, list(HELDOUT.values()))
-    ax.set(ylim=(0, 1.05), ylabel="share / reward", title="held-out games (bars: mean ± sd over seeds; dots: seeds)")
-    ax.legend(loc="upper right")
+    ax.set_xticks(x, list(cols.values()))
+
+
+def fig_heldout(heldout: pd.DataFrame):
+    """Held-out games per arm, one quantity per axis: the shares of the examples (left) and the mean
+    playout reward (right); bars mean ± sd (ddof=1) over seeds, dots single seeds."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw=dict(width_ratios=[4, 1.3]))
+    arms = [a for a in ARMS if a in set(heldout["arm"])]
+    _bars(left, heldout, SHARES, arms)
+    left.set(ylim=(0, 1.05), ylabel="share of held-out examples", title="held-out games: what the middles give")
+    _bars(right, heldout, {"mean_reward": "mean reward"}, arms)
+    right.set(ylim=(0, 1.05), ylabel="mean playout reward (0..1)", title="reward")
+    left.legend(loc="upper right")
+    fig.text(0.5, -0.01, "bars: mean ± sd over seeds; dots: single seeds", ha="center", fontsize=9)
     fig.tight_layout()
     return fig
 
 
 def run_figure(metrics: pd.DataFrame, heldout: dict):
-    """One run at a glance: the training batches and the held-out shares of each arm."""
-    fig, ax = plt.subplots(1, 2, figsize=(12, 4))
+    """One run at a glance: the training batches, the held-out shares and the held-out reward of each arm."""
+    fig, ax = plt.subplots(1, 3, figsize=(13, 4), gridspec_kw=dict(width_ratios=[3, 3, 1.4]))
     for col, label in TRAINING.items():
         if len(metrics):
             ax[0].plot(metrics["step"], metrics[col].rolling(SMOOTH, min_periods=1).mean(), label=label)
     ax[0].set(xlabel="PPO step", ylabel=f"rolling mean of {SMOOTH} steps", title="training batches", ylim=(0, 1.02))
-    ax[0].legend(loc="upper left")
-    table = pd.DataFrame(heldout).T.reindex([a for a in ARMS if a in heldout])[list(HELDOUT)].rename(columns=HELDOUT)
-    table.rename(index=LABELS).T.plot.bar(ax=ax[1], rot=0, ylim=(0, 1.02), title="held-out games")
+    if len(metrics):
+        ax[0].legend(loc="upper left")
+    table = pd.DataFrame(heldout).T.reindex([a for a in ARMS if a in heldout])
+    table[list(SHARES)].rename(columns=SHARES).rename(index=LABELS).T.plot.bar(
+        ax=ax[1], rot=0, ylim=(0, 1.02), title="held-out games", ylabel="share of held-out examples",
+        color=[f"C{ARMS.index(a)}" for a in table.index])
+    ax[1].legend(loc="upper right")
+    ax[2].bar([LABELS[a].split()[0] for a in table.index], table["mean_reward"].astype(float),
+              color=[f"C{ARMS.index(a)}" for a in table.index], alpha=0.85)
+    ax[2].set(ylim=(0, 1.02), ylabel="mean playout reward", title="held-out reward")
     fig.tight_layout()
     return fig
 

@@ -85,7 +85,7 @@ PARAMS = [
     Param("n_heldout", 128, "prompts from held-out movies, one sampled response each", low=1, high=100_000),
     Param("eval_every", 0, "held-out evaluation every this many steps (0: before/after only)", low=0),
     Param("n_examples", 12, "rows of the before/after example table", low=0),
-    Param("torch_threads", 0, "torch threads, 0 means the torch default", low=0, config=False),
+    Param("torch_threads", 0, "torch threads, 0 means half the cores (at most 8)", low=0, config=False),
     Param("device", "auto", "where the models compute: auto picks a CUDA GPU if torch sees one, else the CPU",
           choices=DEVICES, config=False),
 ]

@@ -264,7 +264,7 @@ def examples_table(runs: pd.DataFrame, samples: pd.DataFrame, n: int = 12) -> tu
     return main, seed, table
 
 
-# the targets of issue 11, for the classifier reward judged by VADER
+# our acceptance targets, for the classifier reward judged by VADER
 TARGETS = {"reward_gain": (2.0, ">="), "judge_positive_after": (0.8, ">="), "perplexity_ratio": (1.5, "<=")}
 
 
@@ -286,7 +286,7 @@ def _sweep_block(axes, table: pd.DataFrame, reward: str, judge: str) -> None:
             if before:
                 a.axhline(d[before].mean(), color=f"C{i}", ls=":", lw=1.2, label="before PPO")
         if targets and col in TARGETS:
-            a.axhline(TARGETS[col][0], color="0.4", ls="--", lw=1, label="target (issue 11)")
+            a.axhline(TARGETS[col][0], color="0.4", ls="--", lw=1, label="our acceptance target")
         if col == "perplexity_ratio":
             _ratio_axis(a, table[col])
         a.set(xlabel="KL coefficient (fixed)", ylabel=ylabel)
@@ -298,7 +298,12 @@ def _ratio_axis(a, values) -> None:
     a.set_yscale("log")
     a.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     a.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    a.set_yticks([t for t in (1, 1.5, 2, 3, 5, 10, 20, 50, 100) if t <= max(2.0, float(np.nanmax(values)) * 1.2)])
+    ticks = (1, 1.5, 2, 3, 5, 10, 20, 50, 100)
+    top = max(2.0, float(np.nanmax(values)))
+    cover = next((t for t in ticks if t >= top * 1.05), top * 1.1)  # the first tick above every point
+    low = min(1.0, float(np.nanmin(values)))
+    a.set_yticks([t for t in ticks if t <= cover])
+    a.set_ylim(low / 1.08, cover * 1.08)  # every point, and the target 1.5, inside the axes
 
 
 def _legend_below(fig, axes) -> None:
@@ -354,7 +359,7 @@ def fig_tradeoff(table: pd.DataFrame):
         if "review_similarity_before" in part:
             row[1].axhline(part["review_similarity_before"].mean(), color="0.5", ls=":", lw=1.2, label="before PPO")
         if reward != "vader":
-            row[0].axhline(TARGETS["perplexity_ratio"][0], color="0.4", ls="--", lw=1, label="target (issue 11)")
+            row[0].axhline(TARGETS["perplexity_ratio"][0], color="0.4", ls="--", lw=1, label="our acceptance target")
     fig.suptitle("Reward gain against drift from the base model")
     fig.tight_layout(rect=(0, 0.4 / fig.get_figheight(), 1, 1))
     _legend_below(fig, axes)

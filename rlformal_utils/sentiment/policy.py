@@ -104,8 +104,10 @@ def make_policy_trainer(model_dir, tokenizer, *, lora_rank: int = 0, lora_alpha:
     peft_config = None
     if lora_rank:
         from peft import LoraConfig
+        model_type = json.loads((Path(model_dir) / "config.json").read_text()).get("model_type")
         peft_config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha or 2 * lora_rank, lora_dropout=0.0,
-                                 target_modules="all-linear", bias="none", task_type="CAUSAL_LM")
+                                 target_modules="all-linear", bias="none", task_type="CAUSAL_LM",
+                                 fan_in_fan_out=model_type == "gpt2")  # GPT-2's Conv1D stores (in, out)
     torch.manual_seed(seed)  # the LoRA and value-head initialisations
     with warnings.catch_warnings():  # trl 0.11.4 asks the model in a way transformers 5 calls deprecated
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated")

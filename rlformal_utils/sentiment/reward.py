@@ -45,11 +45,13 @@ class MiniLMEncoder:
         return [order[i:i + batch_size] for i in range(0, len(texts), batch_size)]
 
     @torch.no_grad()
-    def embed(self, texts, batches: list[np.ndarray], progress: bool = False) -> np.ndarray:
-        """Embeddings (N, 384) of the rows in ``batches`` (other rows stay zero)."""
+    def embed(self, texts, batches: list[np.ndarray], progress=False) -> np.ndarray:
+        """Embeddings (N, 384) of the rows in ``batches`` (other rows stay zero). ``progress``: True for
+        a bar of its own, or a ``Progress`` that the caller shares over several calls and closes."""
         texts = _clean(texts)
         out = np.zeros((len(texts), 384), dtype=np.float32)
-        bar = Progress(len(batches), "MiniLM embeddings") if progress else None
+        own = progress is True
+        bar = Progress(len(batches), "MiniLM embeddings", lines=3) if own else (progress or None)
         for rows in batches:
             enc = self.tokenizer([texts[j] for j in rows], padding=True, truncation=True,
                                  max_length=self.max_length, return_tensors="pt")
@@ -59,7 +61,7 @@ class MiniLMEncoder:
             out[rows] = torch.nn.functional.normalize(mean, dim=-1).numpy()
             if bar:
                 bar.update()
-        if bar:
+        if own:
             bar.close()
         return out
 
@@ -85,16 +87,23 @@ def shared_embeddings(encoder: MiniLMEncoder, texts, key: dict, cache_dir=None, 
         start = end
     out = np.zeros((len(texts), 384), dtype=np.float32)
     todo = dict(enumerate(groups))
+    bar = None  # one bar over the parts this run embeds, opened when it embeds the first
+
+    def build(folder, group):
+        nonlocal bar
+        bar = bar or Progress(len(batches), "MiniLM embeddings", lines=3)
+        np.save(folder / "part.npy", encoder.embed(texts, [batches[g] for g in group], progress=bar))
+
     for wait in (False, True):  # first take the free parts, then wait for the ones others build
         for i, group in list(todo.items()):
-            def build(folder, group=group):
-                np.save(folder / "part.npy", encoder.embed(texts, [batches[g] for g in group], progress=True))
             folder = cached_dir("minilm-embeddings", dict(key, n=len(texts), part=i, parts=parts, version=1),
-                                build, cache_dir, wait=wait)
+                                lambda folder, group=group: build(folder, group), cache_dir, wait=wait)
             if folder is not None:  # None: another run is building it
                 rows = np.concatenate([batches[g] for g in group])
                 out[rows] = np.load(folder / "part.npy")[rows]
                 del todo[i]
+    if bar:
+        bar.close()
     return out
 
 
@@ -159,7 +168,6 @@ def train_classifier(data: str = "rotten_tomatoes", heldout_fraction: float = 0.
         )
         atomic_write_json(folder / "weights.json", dict(w=w.tolist(), b=b))
         atomic_write_json(folder / "metrics.json", metrics)
-        print("sentiment classifier:", {k: round(v, 3) for k, v in metrics.items()})
 
     return cached_dir("sentiment-classifier", config, build, cache_dir)
 
