@@ -83,6 +83,15 @@ def forwarded_env() -> tuple:
     return tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("RLFORMAL_") or k in FORWARDED_ENV))
 
 
+def checkout_first(pythonpath: str | None) -> str:
+    """``PYTHONPATH`` with the root of the checkout this code comes from in front: a notebook kernel
+    then imports ``rlformal_utils`` from here, not from wherever the shared ``.venv`` installed it
+    (an editable install points at the clone that created the venv)."""
+    from .runs import REPO_ROOT
+    rest = [p for p in (pythonpath or "").split(os.pathsep) if p and p != str(REPO_ROOT)]
+    return os.pathsep.join([str(REPO_ROOT), *rest])
+
+
 def usable_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))  # what a SLURM job or taskset allows, not the whole node
@@ -103,7 +112,8 @@ def execute(job: Job, should_stop: Callable[[], bool] | None = None) -> Outcome:
     env = dict(os.environ, **dict(job.env))
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore",
                HF_HUB_OFFLINE=env.get("HF_HUB_OFFLINE", "1"),
-               RLFORMAL_PROGRESS="lines")  # a few summary lines, not bar refreshes, in executed notebooks
+               RLFORMAL_PROGRESS="lines",  # a few summary lines, not bar refreshes, in executed notebooks
+               PYTHONPATH=checkout_first(env.get("PYTHONPATH")))
     papermill = [job.notebook, str(partial), "--cwd", str(Path(job.notebook).parent), "--no-progress-bar",
                  "--log-level", "WARNING", "--start-timeout", "600", "-y", yaml_params(params)]
     # papermill runs under a small wrapper that kills it (and its kernel) if this process dies, and in

@@ -1,9 +1,16 @@
 """Shared by every test: an isolated, offline environment (models and rewards cached in a temporary
-folder, never the repository's .cache), the arithmetic tokenizer and a tiny untrained GPT-2 on disk."""
-import pytest
+folder, never the repository's .cache), the arithmetic tokenizer and a tiny untrained GPT-2 on disk.
+The checkout these tests belong to comes first on the import path, whatever the .venv's editable
+install points at (notebook kernels get the same: notebook_runs.py, executors.execute)."""
+import sys
+from pathlib import Path
 
-from rlformal_utils.arithmetic import task
-from rlformal_utils.pretrain import build_gpt2
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pytest  # noqa: E402
+
+from rlformal_utils.arithmetic import task  # noqa: E402
+from rlformal_utils.pretrain import build_gpt2  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)

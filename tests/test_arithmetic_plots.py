@@ -252,4 +252,11 @@ def test_histograms_leave_no_empty_panel(tmp_path, n):
     fig = plots.fig_histograms(folder, runs, list(runs["arm"]), runs["start"].iloc[0])
     axes = _visible_axes(fig)
     assert len(axes) == n and all(a.patches for a in axes)
+    # a short last row is centred under the full ones: no blank slot where a panel would be
+    rows = {}
+    for a in axes:
+        box = a.get_position()
+        rows.setdefault(round(box.y0, 2), []).append(box)
+    middles = [(min(b.x0 for b in r) + max(b.x1 for b in r)) / 2 for r in rows.values()]
+    assert max(middles) - min(middles) < 0.03, middles
     plt.close(fig)

@@ -67,3 +67,120 @@ def test_device_auto_is_a_gpu_when_torch_sees_one_and_cuda_without_one_stops_the
     assert devices.resolve("auto") == devices.resolve("cuda") == torch.device("cuda")
     assert devices.trl_kwargs(devices.resolve("auto")) == {"accelerator_kwargs": {"cpu": False}}
     assert P.check(dict(values, device="cuda")) == P.check(values)
+
+
+# ----------------------------------------------------------------------------- the rules between parameters
+def _games_lists():
+    from rlformal_utils.games.fim import bundled_games
+    games = sorted(bundled_games())
+    held = ["tic_tac_toe", "yavalath", "hex", "wolf_and_sheep"]
+    return games, held, [g for g in games if g not in held]
+
+
+def _cross_rules():
+    """(experiment, bad values, the exact error) for every rule an experiment's check() adds to the
+    per-parameter checks."""
+    from rlformal_utils.arithmetic.params import MAX_KL_TARGET
+    games, held, training = _games_lists()
+    heldout_rule = ("is not allowed: it must be a non-empty list of bundled game names that leaves at least two "
+                    f"games for training; bundled games: {games}")
+    return [
+        ("arithmetic", dict(algorithm="group", engine="trl"),
+         "parameter engine='trl' needs algorithm='ppo' (got algorithm='group'); allowed engines for it: ['fast']"),
+        ("arithmetic", dict(algorithm="supervised", engine="trl"),
+         "parameter engine='trl' needs algorithm='ppo' (got algorithm='supervised'); allowed engines for it: ['fast']"),
+        ("arithmetic", dict(kl_target=0.0),
+         f"parameter kl_target=0.0 is not allowed: it must be a number in (0, {MAX_KL_TARGET:.2f}]: a policy sure of "
+         "one answer has KL log(103) to a uniform reference"),
+        ("arithmetic", dict(algorithm="group", kl_reference="frozen", kl_coef=0.2, kl_controller="trl"),
+         "parameter kl_controller='trl' is not allowed with algorithm='group': the group-relative update keeps its "
+         "KL coefficient fixed; allowed: ['fixed']"),
+        ("arithmetic", dict(algorithm="group", kl_reference="frozen", kl_coef=0.2, kl_controller="adaptive"),
+         "parameter kl_controller='adaptive' is not allowed with algorithm='group': the group-relative update keeps "
+         "its KL coefficient fixed; allowed: ['fixed']"),
+        ("arithmetic", dict(prompts_per_step=32, mini_batch_size=5),
+         "parameter mini_batch_size=5 must divide prompts_per_step=32"),
+        ("sentiment", dict(prompt_min_tokens=5, prompt_max_tokens=3),
+         "parameter prompt_max_tokens=3 is not allowed: it must be an integer in [5, 64] (at least prompt_min_tokens)"),
+        ("sentiment", dict(response_min_tokens=6, response_max_tokens=5),
+         "parameter response_max_tokens=5 is not allowed: it must be an integer in [6, 256] (at least "
+         "response_min_tokens)"),
+        ("sentiment", dict(likeness_bank=4, likeness_k=5),
+         "parameter likeness_k=5 is not allowed: it must be an integer in [1, 4] (at most likeness_bank)"),
+        ("sentiment", dict(ppo_batch_size=16, ppo_mini_batch_size=6),
+         "parameter ppo_mini_batch_size=6 must divide ppo_batch_size=16"),
+        ("sentiment", dict(lora_rank=16, kl_mode="policy"),
+         "parameter kl_mode='policy' is not allowed with lora_rank > 0: the KL reference of a LoRA policy is the "
+         "base model with the adapter disabled; use kl_coef=0 for no KL"),
+        ("sentiment", dict(policy="rt-gpt2", prompt_format="chat"),
+         "parameter prompt_format='chat' is not allowed for policy='rt-gpt2'; choose one of ['plain', 'instruction'] "
+         "(its tokenizer has no chat template)"),
+        ("sentiment", dict(reward="vader", judge="vader"),
+         "parameter judge='vader' must differ from reward='vader': the judge is independent"),
+        ("games", dict(heldout_games=[]), f"parameter heldout_games=[] {heldout_rule}"),
+        ("games", dict(heldout_games=["chess"]), f"parameter heldout_games=['chess'] {heldout_rule}"),
+        ("games", dict(heldout_games=games[:-1]), f"parameter heldout_games={games[:-1]!r} {heldout_rule}"),
+        ("games", dict(ppo_games=["hex"]),
+         "parameter ppo_games=['hex'] is not allowed: it must list training games only (empty means all); "
+         f"training games: {training}"),
+        ("games", dict(ppo_batch_size=12, ppo_mini_batch_size=5), "parameter ppo_mini_batch_size=5 must divide ppo_batch_size=12"),
+        ("games", dict(ppo_batch_size=12, ppo_mini_batch_size=24), "parameter ppo_mini_batch_size=24 must divide ppo_batch_size=12"),
+        ("games", dict(n_positions=512, max_new_tokens=257), "parameter max_new_tokens=257 must be at most n_positions / 2 = 256"),
+    ]
+
+
+def _allowed_edges():
+    """Values right at the edge of each rule, on the allowed side: a rule must not be stricter than it says."""
+    from rlformal_utils.arithmetic.params import MAX_KL_TARGET
+    games, held, training = _games_lists()
+    return [
+        ("arithmetic", dict(algorithm="ppo", engine="trl")),
+        ("arithmetic", dict(kl_target=MAX_KL_TARGET)),
+        ("arithmetic", dict(algorithm="group", kl_reference="frozen", kl_coef=0.2, kl_controller="fixed")),
+        ("arithmetic", dict(algorithm="group", kl_reference="frozen", kl_coef=0.0, kl_controller="trl")),
+        ("arithmetic", dict(algorithm="group", kl_reference="policy", kl_coef=0.2, kl_controller="trl")),
+        ("arithmetic", dict(algorithm="ppo", kl_reference="frozen", kl_coef=0.2, kl_controller="adaptive")),
+        ("arithmetic", dict(prompts_per_step=32, mini_batch_size=8)),
+        ("sentiment", dict(prompt_min_tokens=5, prompt_max_tokens=5, response_min_tokens=6, response_max_tokens=6)),
+        ("sentiment", dict(likeness_bank=5, likeness_k=5)),
+        ("sentiment", dict(ppo_batch_size=16, ppo_mini_batch_size=8)),
+        ("sentiment", dict(lora_rank=0, kl_mode="policy")),
+        ("sentiment", dict(policy="rt-gpt2", prompt_format="instruction")),
+        ("sentiment", dict(reward="vader", judge="minilm-logreg")),
+        ("games", dict(heldout_games=games[:-2], ppo_games=[])),
+        ("games", dict(ppo_games=training[:2])),
+        ("games", dict(ppo_batch_size=12, ppo_mini_batch_size=12)),
+        ("games", dict(n_positions=512, max_new_tokens=256)),
+    ]
+
+
+def _check(experiment, values):
+    import importlib
+    P = importlib.import_module(f"rlformal_utils.{experiment}.params")
+    return P.check(dict(defaults(P.PARAMS), **values))
+
+
+def test_every_rule_between_parameters_stops_with_a_message_naming_the_parameter():
+    import re
+    for experiment, bad, message in _cross_rules():
+        with pytest.raises(ParameterError, match="^" + re.escape(message) + "$"):
+            _check(experiment, bad)
+
+
+def test_values_at_the_edge_of_every_rule_are_allowed():
+    for experiment, values in _allowed_edges():
+        config = _check(experiment, values)
+        assert all(config[k] == v for k, v in values.items() if k in config), (experiment, values)
+
+
+def test_every_check_rule_has_a_case_here():
+    """Each experiment's check() raises in as many places as the table above has distinct rules for it:
+    a new rule without a test here fails this test."""
+    import ast
+    import inspect
+    import importlib
+    expected = {"arithmetic": 4, "sentiment": 6, "games": 4}
+    for experiment, n in expected.items():
+        source = inspect.getsource(importlib.import_module(f"rlformal_utils.{experiment}.params").check)
+        raises = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Raise)]
+        assert len(raises) == n, (experiment, len(raises))

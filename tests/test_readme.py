@@ -171,3 +171,16 @@ def product_texts():
 def test_no_development_words(where, text):
     hits = sorted({m.group(0) for m in DEV_WORDS.finditer(text)})
     assert not hits, f"{where}: development notes {hits} (history belongs in CHANGELOG.md)"
+
+
+def test_paste_replaces_only_between_markers_and_is_idempotent(tmp_path):
+    (tmp_path / "table.md").write_text("| a |\n|---|\n| 1 |\n")
+    findings_text = "# F\n\n<!-- block one -->\nfirst\n\n<!-- block two -->\nsecond\n"
+    text = ("intro 7\n<!-- BEGIN table.md -->\nold\n<!-- END table.md -->\nmiddle\n"
+            "<!-- BEGIN results/findings.md#two -->\n<!-- END results/findings.md#two -->\n"
+            "<!-- BEGIN missing.md -->\nkept\n<!-- END missing.md -->\n")
+    once = findings.paste(text, tmp_path, findings_text)
+    assert once == ("intro 7\n<!-- BEGIN table.md -->\n| a |\n|---|\n| 1 |\n<!-- END table.md -->\nmiddle\n"
+                    "<!-- BEGIN results/findings.md#two -->\nsecond\n<!-- END results/findings.md#two -->\n"
+                    "<!-- BEGIN missing.md -->\nkept\n<!-- END missing.md -->\n")
+    assert findings.paste(once, tmp_path, findings_text) == once

@@ -542,7 +542,10 @@ def test_prompt_formats_put_the_review_start_last_and_the_reward_reads_only_the_
     for p in prompts:
         assert p["query"][: len(prefix)].tolist() == prefix and torch.equal(p["query"][len(prefix):], p["review"])
     full, resp = S.decode_pairs(tok, [p["review"] for p in prompts], [torch.tensor([5, 6])] * 3)
-    assert all(S.INSTRUCTION not in f and f.startswith(p["query_text"]) for f, p in zip(full, prompts))
+    response = tok.decode([5, 6], skip_special_tokens=True)
+    assert response and resp == [response] * 3
+    assert full == [p["query_text"] + response for p in prompts]  # review start + response, no instruction
+    assert all(S.INSTRUCTION not in f for f in full)
     with pytest.raises(ValueError, match="needs a tokenizer with a chat template"):
         S.prompt_prefix(tok, "chat")
 

@@ -366,9 +366,8 @@ def fig_ppo_diagnostics(metrics: pd.DataFrame, arm_filter: str = "PPO"):
                 s = d.groupby("answers_seen")[col].mean()
                 a.plot(s.index, s.values, label=controller, **style[d["arm"].iloc[0]])
             a.legend(loc="lower left", fontsize=9)
-            continue
         data = frozen if col == "exact_kl" else m
-        for arm, d in data.groupby("arm", sort=False):
+        for arm, d in ([] if col == "kl_coef" else data.groupby("arm", sort=False)):
             s = _arm_mean(d, col, smooth)
             n = d["run"].nunique()
             a.plot(s.index, s.values, label=f"{arm} ({n} seed{'s' if n > 1 else ''})", **style[arm])
