@@ -273,11 +273,17 @@ def main(argv=None) -> int:
 
     if not args.no_figures and not draw_figures(experiments, results, figures, args.profile, args.jobs, failed):
         return 130
-    if not args.no_figures and results.is_relative_to(REPO_ROOT / "results"):  # never from a --results-dir elsewhere
+    if not args.no_figures and refreshes_findings(args.profile, results):
         from .findings import refresh
         print(f"findings: {', '.join(refresh(REPO_ROOT)) or 'unchanged'}")
     print(f"total {(time.time() - t0) / 60:.1f} min; figures in {figures}, tables in {results}")
     return 1 if failed else 0
+
+
+def refreshes_findings(profile: str, results: Path) -> bool:
+    """The README's findings describe the quick and long profiles' own results: never a classroom or
+    smoke run, never a --results-dir elsewhere."""
+    return profile in ("quick", "long") and Path(results).resolve() in (REPO_ROOT / "results", REPO_ROOT / "results" / "long")
 
 
 def draw_figures(experiments, results: Path, figures: Path, profile: str, jobs: int, failed: list) -> bool:

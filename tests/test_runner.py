@@ -298,3 +298,12 @@ def test_figure_notebooks_run_side_by_side_in_one_results_folder(tmp_path, monke
         executed = (results / f"{e}_figures.ipynb").read_text()
         assert f"this is {e}" in executed and f"this is {other}" not in executed
     assert (figures / "one.txt").read_text() == (figures / "two.txt").read_text() == "smoke"
+
+
+def test_only_the_quick_and_long_results_refresh_the_readme_findings(tmp_path):
+    from rlformal_utils.runner import REPO_ROOT, refreshes_findings
+    assert refreshes_findings("quick", REPO_ROOT / "results")
+    assert refreshes_findings("long", REPO_ROOT / "results" / "long")
+    assert not refreshes_findings("classroom", REPO_ROOT / "results" / "classroom")
+    assert not refreshes_findings("smoke", REPO_ROOT / "results")
+    assert not refreshes_findings("quick", tmp_path)
