@@ -71,7 +71,8 @@ class Session:
         """The settings as a small text table: folder, threads, device, and every parameter that differs
         from the notebook's defaults."""
         changed = {k: v for k, v in self.config.items() if defaults.get(k, object()) != v}
-        rows = [("run folder", os.path.relpath(self.log.dir)),  # relative: no machine paths in executed copies ("torch threads", f"{self.threads} (of {os.cpu_count()} cores)"),
+        rows = [("run folder", os.path.relpath(self.log.dir)),  # relative: no machine paths in executed copies
+                ("torch threads", f"{self.threads} (of {os.cpu_count()} cores)"),
                 ("device", self.device), ("seed", str(self.config.get("seed")))]
         rows += [(k, repr(v)) for k, v in changed.items() if k != "seed"] or [("parameters", "the defaults")]
         width = max(len(k) for k, _ in rows)

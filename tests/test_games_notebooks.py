@@ -58,9 +58,9 @@ def test_check_names_the_parameter_and_what_is_allowed(bad, error, message):
 def test_heldout_games_must_leave_two_training_games():
     from rlformal_utils.games.fim import bundled_games
     games = sorted(bundled_games())
-    P.check(dict(defaults(P.PARAMS), heldout_games=games[:-2]))
+    P.check(dict(defaults(P.PARAMS), heldout_games=games[:-2], ppo_games=[]))  # PPO on every training game
     with pytest.raises(ParameterError, match="leaves at least two games for training"):
-        P.check(dict(defaults(P.PARAMS), heldout_games=games[:-1]))
+        P.check(dict(defaults(P.PARAMS), heldout_games=games[:-1], ppo_games=[]))
 
 
 def test_parameters_cell_is_the_declaration_and_papermill_reads_every_line(caplog):

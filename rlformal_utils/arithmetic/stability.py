@@ -12,7 +12,7 @@ short excursion that training recovers from. A stretch starts at the first logge
 is above the threshold and lasts until the first logged step whose median is not (or the end of the
 run).
 
-Everything here reads the data frames of ``plots.load_runs`` (one row per logged step; one row per
+Everything here reads the data frames of ``runlog.load_runs`` (one row per logged step; one row per
 run), so a redraw never retrains.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..figures import fmt_mean_sd, mean_sd
+from .runlog import load_runs
 
 THRESHOLD = 0.3   # max p̄ above this (strictly) counts as collapsed
 WINDOW = 0.05     # rolling-median window, as a share of the run's answers
@@ -368,7 +369,6 @@ def load(results_dirs) -> pd.DataFrame:
 def load_with_metrics(results_dirs) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(metrics rows, ``judge_runs``) of every complete run in ``results_dirs`` (a run found twice
     counts once, from the first folder that has it)."""
-    from .plots import load_runs  # plots draws with this module's criterion: imported here, not at the top
     metrics, runs = [], []
     for d in results_dirs:
         try:
