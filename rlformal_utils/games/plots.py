@@ -114,6 +114,26 @@ def fig_heldout(heldout: pd.DataFrame):
     return fig
 
 
+def _heldout_panels(ax_shares, ax_reward, heldout: dict) -> None:
+    """The held-out shares (compiles, playable, ...) and the mean reward of each arm in ``heldout``."""
+    table = pd.DataFrame(heldout).T.reindex([a for a in ARMS if a in heldout])
+    table[list(SHARES)].rename(columns=SHARES).rename(index=LABELS).T.plot.bar(
+        ax=ax_shares, rot=0, ylim=(0, 1.02), title="held-out games", ylabel="share of held-out examples",
+        color=[f"C{ARMS.index(a)}" for a in table.index])
+    ax_shares.legend(loc="upper right")
+    ax_reward.bar([LABELS[a].split()[0] for a in table.index], table["mean_reward"].astype(float),
+                  color=[f"C{ARMS.index(a)}" for a in table.index], alpha=0.85)
+    ax_reward.set(ylim=(0, 1.02), ylabel="mean playout reward", title="held-out reward")
+
+
+def start_figure(heldout: dict):
+    """Where PPO starts: the original middles (the ceiling) and the SFT model's on the held-out games."""
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.6), gridspec_kw=dict(width_ratios=[3, 1.4]))
+    _heldout_panels(ax[0], ax[1], heldout)
+    fig.tight_layout()
+    return fig
+
+
 def run_figure(metrics: pd.DataFrame, heldout: dict):
     """One run at a glance: the training batches, the held-out shares and the held-out reward of each arm."""
     fig, ax = plt.subplots(1, 3, figsize=(13, 4), gridspec_kw=dict(width_ratios=[3, 3, 1.4]))
@@ -123,14 +143,7 @@ def run_figure(metrics: pd.DataFrame, heldout: dict):
     ax[0].set(xlabel="PPO step", ylabel=f"rolling mean of {SMOOTH} steps", title="training batches", ylim=(0, 1.02))
     if len(metrics):
         ax[0].legend(loc="upper left")
-    table = pd.DataFrame(heldout).T.reindex([a for a in ARMS if a in heldout])
-    table[list(SHARES)].rename(columns=SHARES).rename(index=LABELS).T.plot.bar(
-        ax=ax[1], rot=0, ylim=(0, 1.02), title="held-out games", ylabel="share of held-out examples",
-        color=[f"C{ARMS.index(a)}" for a in table.index])
-    ax[1].legend(loc="upper right")
-    ax[2].bar([LABELS[a].split()[0] for a in table.index], table["mean_reward"].astype(float),
-              color=[f"C{ARMS.index(a)}" for a in table.index], alpha=0.85)
-    ax[2].set(ylim=(0, 1.02), ylabel="mean playout reward", title="held-out reward")
+    _heldout_panels(ax[1], ax[2], heldout)
     fig.tight_layout()
     return fig
 

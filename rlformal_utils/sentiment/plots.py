@@ -82,6 +82,21 @@ def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["policy", "reward", "kl_coef", "seed"]).reset_index(drop=True)
 
 
+def plot_start(before: pd.DataFrame, scale: pd.DataFrame, reward_name: str):
+    """Where PPO starts: the reward of the base model's held-out responses against the mean reward
+    of real rotten and fresh review snippets of the same length (the scale to read it on)."""
+    fig, a = plt.subplots(figsize=(9, 3.2))
+    a.hist(before["reward"], bins=30, color=BEFORE_AFTER["before"], alpha=0.8,
+           label=f"base model, held-out prompts: mean {before['reward'].mean():.2f}")
+    for (label, row), color in zip(scale.iterrows(), ("C3", "C0")):
+        a.axvline(row["reward"], color=color, lw=2, ls="--", label=f"real {label} snippets: mean {row['reward']:.2f}")
+    a.set(xlabel=f"reward of review start + response ({reward_name})", ylabel="held-out prompts",
+          title="before PPO: the base model's reward against real reviews")
+    a.legend(loc="upper left", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def plot_sentiment_run(metrics: pd.DataFrame, samples: pd.DataFrame, summary: dict):
     """One run: training reward, KL, held-out reward distributions, judge share and perplexity."""
     fig, ax = plt.subplots(2, 2, figsize=(12, 8))

@@ -51,7 +51,7 @@ class MiniLMEncoder:
         texts = _clean(texts)
         out = np.zeros((len(texts), 384), dtype=np.float32)
         own = progress is True
-        bar = Progress(len(batches), "MiniLM embeddings", lines=3) if own else (progress or None)
+        bar = Progress(len(batches), "MiniLM embeddings", lines=1) if own else (progress or None)
         for rows in batches:
             enc = self.tokenizer([texts[j] for j in rows], padding=True, truncation=True,
                                  max_length=self.max_length, return_tensors="pt")
@@ -91,7 +91,7 @@ def shared_embeddings(encoder: MiniLMEncoder, texts, key: dict, cache_dir=None, 
 
     def build(folder, group):
         nonlocal bar
-        bar = bar or Progress(len(batches), "MiniLM embeddings", lines=3)
+        bar = bar or Progress(len(batches), "MiniLM embeddings", lines=1)
         np.save(folder / "part.npy", encoder.embed(texts, [batches[g] for g in group], progress=bar))
 
     for wait in (False, True):  # first take the free parts, then wait for the ones others build
