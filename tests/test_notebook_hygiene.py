@@ -42,8 +42,7 @@ def test_the_configuration_a_real_server_reads_registers_the_hook(tmp_path, monk
     monkeypatch.setattr(H, "NOTEBOOKS", root / "notebooks")
     app = ServerApp()
     try:
-        app.initialize(argv=[f"--ServerApp.root_dir={root}", "--ServerApp.jpserver_extensions={}"],
-                       new_httpserver=False)
+        app.initialize(argv=[f"--ServerApp.root_dir={root}"], new_httpserver=False)
         cm = app.contents_manager
         model = run_sync(cm.get)(f"notebooks/{name}", content=True)
         content = _as_lab_after_a_run(json.loads(json.dumps(model["content"])))
