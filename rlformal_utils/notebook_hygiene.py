@@ -3,8 +3,10 @@
 Opening a notebook in JupyterLab writes the running kernel's ``language_info`` (``"version": "3.11.7"``)
 into its metadata, and every save then stores the outputs of the cells that ran. The repository's
 Jupyter configuration (``jupyter/jupyter_server_config.d/rlformal.json``, installed into
-``.venv/etc/jupyter/`` by ``./run_all.sh``) makes the server call :func:`pre_save_hook` before it writes
-a file; for notebooks under ``notebooks/`` the hook
+``.venv/etc/jupyter/`` by ``./run_all.sh``) enables this module as a Jupyter server extension, which
+registers :func:`pre_save_hook` with the server's contents manager. (A ``jupyter_server_config.d`` file
+is read for its ``jpserver_extensions`` only, so it cannot set ``ContentsManager.pre_save_hook`` itself.)
+Before the server writes a notebook under ``notebooks/`` the hook
 
 * writes the language metadata the committed notebooks hold (:data:`LANGUAGE_INFO`),
 * clears outputs and execution counts (executed copies live in ``results/``),
@@ -77,6 +79,18 @@ def pre_save_hook(model: dict, path: str, contents_manager=None, **kwargs) -> No
     root = getattr(contents_manager, "root_dir", None)
     if is_source_notebook(path.lstrip("/"), root):
         clean(model["content"])
+
+
+def _jupyter_server_extension_points() -> list[dict]:
+    return [{"module": "rlformal_utils.notebook_hygiene"}]
+
+
+def _load_jupyter_server_extension(serverapp) -> None:
+    """Register :func:`pre_save_hook` with the server's contents manager (once, beside any other hook)."""
+    cm = serverapp.contents_manager
+    if cm.pre_save_hook is not pre_save_hook and pre_save_hook not in cm._pre_save_hooks:
+        cm.register_pre_save_hook(pre_save_hook)
+    serverapp.log.info("rlformal_utils.notebook_hygiene: notebooks/ are saved without outputs")
 
 
 def clean_file(path: str | os.PathLike) -> bool:

@@ -1,12 +1,13 @@
 """JupyterLab leaves notebooks/ clean: a save through the Jupyter server's contents manager, with the
 repository's configuration, of a notebook as Lab holds it after a run gives back git's bytes."""
 import json
+import logging
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import nbformat
 import pytest
-from traitlets.config import Config
 
 from rlformal_utils import notebook_hygiene as H
 
@@ -16,8 +17,39 @@ NOTEBOOK_NAMES = sorted(p.name for p in (REPO / "notebooks").glob("*.ipynb"))
 
 
 def _contents_manager(root: Path):
+    """A contents manager with the hook the repository's server extension registers."""
     from jupyter_server.services.contents.filemanager import FileContentsManager
-    return FileContentsManager(root_dir=str(root), config=Config(json.loads(CONFIG.read_text())))
+    cm = FileContentsManager(root_dir=str(root))
+    H._load_jupyter_server_extension(SimpleNamespace(contents_manager=cm, log=logging.getLogger("test")))
+    return cm
+
+
+def test_the_configuration_a_real_server_reads_registers_the_hook(tmp_path, monkeypatch):
+    """Load the server the way `jupyter lab` does, from a config dir holding only the repository's
+    jupyter_server_config.d file (the venv's own config dirs are read too), then save a run notebook."""
+    from jupyter_core.utils import run_sync
+    from jupyter_server.serverapp import ServerApp
+    conf = tmp_path / "etc" / "jupyter_server_config.d"
+    conf.mkdir(parents=True)
+    shutil.copy(CONFIG, conf / CONFIG.name)
+    monkeypatch.setenv("JUPYTER_CONFIG_PATH", str(tmp_path / "etc"))
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(tmp_path / "home"))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    root = tmp_path / "repo"
+    (root / "notebooks").mkdir(parents=True)
+    name = NOTEBOOK_NAMES[0]
+    shutil.copy(REPO / "notebooks" / name, root / "notebooks" / name)
+    monkeypatch.setattr(H, "NOTEBOOKS", root / "notebooks")
+    app = ServerApp()
+    try:
+        app.initialize(argv=[f"--ServerApp.root_dir={root}"], new_httpserver=False)
+        cm = app.contents_manager
+        model = run_sync(cm.get)(f"notebooks/{name}", content=True)
+        content = _as_lab_after_a_run(json.loads(json.dumps(model["content"])))
+        run_sync(cm.save)(dict(type="notebook", format="json", content=content), f"notebooks/{name}")
+    finally:
+        ServerApp.clear_instance()
+    assert (root / "notebooks" / name).read_bytes() == (REPO / "notebooks" / name).read_bytes()
 
 
 def _as_lab_after_a_run(content: dict) -> dict:
@@ -40,7 +72,6 @@ def test_open_run_save_in_lab_leaves_the_file_byte_identical(tmp_path, monkeypat
     shutil.copy(REPO / "notebooks" / name, tmp_path / "notebooks" / name)
     monkeypatch.setattr(H, "NOTEBOOKS", tmp_path / "notebooks")
     cm = _contents_manager(tmp_path)
-    assert cm.pre_save_hook is H.pre_save_hook  # the configuration names the hook and it imports
     model = cm.get(f"notebooks/{name}", content=True)
     model = dict(type="notebook", format="json", content=_as_lab_after_a_run(json.loads(json.dumps(model["content"]))))
     cm.save(model, f"notebooks/{name}")
