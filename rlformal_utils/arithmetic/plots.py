@@ -65,7 +65,9 @@ def naive_exact_match(runs: pd.DataFrame) -> tuple[int | None, float | None]:
 # ----------------------------------------------------------------------------- one run
 def run_figure(metrics: pd.DataFrame, summary: dict):
     """One run at a glance: held-out exact match, the answer distribution, final answer histogram."""
-    fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig = plt.figure(figsize=(11, 7.4))  # shown about full size in a notebook: text stays readable
+    grid = fig.add_gridspec(2, 2)
+    ax = [fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, :])]
     ev = metrics.dropna(subset=["heldout_greedy_exact_match"])
     x = ev["answers_seen"].clip(lower=1)
     for col, label in [("heldout_greedy_exact_match", "held-out (seen additions)"),
