@@ -13,6 +13,7 @@ complete. The figure notebooks run on this machine after the grid.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import sys
@@ -60,11 +61,22 @@ def _rel(path: Path) -> str:
     return os.path.relpath(path, NOTEBOOKS)
 
 
+def changed_params(experiment: str, params: dict) -> dict:
+    """The parameters that differ from the notebook's defaults (a test holds the notebooks' parameter
+    cells equal to ``<experiment>/params.py``): the cell papermill injects into an executed copy then
+    shows what makes the run what it is, and the notebook's own defaults fill in the rest."""
+    declared = importlib.import_module(f"rlformal_utils.{experiment}.params").PARAMS
+    default = {p.name: p.default for p in declared}
+    return {k: v for k, v in params.items()
+            if k not in default or type(v) is not type(default[k]) or v != default[k]}
+
+
 def run_job(run: Run, results: Path, threads: int | None) -> Job:
     """The papermill execution of one run into its folder under ``results``."""
     out = run.out_dir(results)
     return Job(f"{run.experiment}/{run.name}", str(NOTEBOOKS / f"{run.experiment}.ipynb"), str(out),
-               dict(run.params, output_dir=_rel(out)), f"{run.experiment}.ipynb", threads, env=forwarded_env())
+               dict(changed_params(run.experiment, run.params), output_dir=_rel(out)), f"{run.experiment}.ipynb",
+               threads, env=forwarded_env())
 
 
 def _append_log(path: Path, run: Run, ok: bool, seconds: float, jobs: int) -> None:

@@ -307,3 +307,13 @@ def test_only_the_quick_and_long_results_refresh_the_readme_findings(tmp_path):
     assert not refreshes_findings("classroom", REPO_ROOT / "results" / "classroom")
     assert not refreshes_findings("smoke", REPO_ROOT / "results")
     assert not refreshes_findings("quick", tmp_path)
+
+
+def test_an_executed_copy_is_given_only_the_parameters_that_differ_from_the_notebook():
+    from rlformal_utils.arithmetic.params import PARAMS
+    default = {p.name: p.default for p in PARAMS}
+    run = runner.Run("arithmetic", "x", dict(default, seed=2, steps=default["steps"] + 1))
+    job = runner.run_job(run, Path("/tmp/results"), threads=1)
+    assert set(job.params) == {"seed", "steps", "output_dir"}
+    assert job.params["seed"] == 2 and job.params["steps"] == default["steps"] + 1
+    assert runner.changed_params("arithmetic", dict(seed=float(default["seed"]))) == dict(seed=float(default["seed"]))

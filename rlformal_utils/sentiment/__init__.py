@@ -17,7 +17,7 @@ the games task, as are the tokenizer trainer and the padding in ``rlformal_utils
 """
 from .data import OFFLINE_DATA, labelled_split, load_reviews, load_rotten_tomatoes
 from .evaluate import (Scorers, before_after, compare_prompt_formats, eval_summary, evaluate, evaluate_before,
-                       evaluate_policy, make_scorers, real_review_scale)
+                       evaluate_policy, make_scorers, real_review_scale, data_text)
 from .fluency import ReviewLikeness, distinct_n, perplexity, repetition, response_nll, words
 from .policy import (LORA_RANKS, OFFLINE_POLICIES, build_trainer, lm_loss, make_policy_trainer, policy_dir,
                      policy_label, prepare_policy, pretrain_rt_gpt2, reference_text, rt_gpt2_config,

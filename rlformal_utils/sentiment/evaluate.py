@@ -40,18 +40,34 @@ def make_scorers(config: dict, train_reviews: pd.DataFrame, cache_dir=None) -> S
     return Scorers(reward, judge, judge_name(config), likeness, classifier)
 
 
+LABELS = {0: "rotten/negative", 1: "fresh/positive"}
+
+
 def real_review_scale(scorers: Scorers, held_reviews: pd.DataFrame, per_label: int = 100,
-                      chars: int = 80) -> tuple[pd.DataFrame, float]:
+                      chars: int = 80) -> tuple[pd.DataFrame, float, pd.DataFrame]:
     """What the three measures give for real held-out reviews, cut to ``chars`` characters (about
     the length of review start + response): the mean reward, judge-positive share and
-    review-likeness per label (up to ``per_label`` reviews each), and the mean review-likeness
-    of all of them."""
+    review-likeness per label (up to ``per_label`` reviews each), the mean review-likeness of all
+    of them, and the scored reviews themselves (one row each, ``label`` named)."""
     probe = pd.concat([d.sample(min(len(d), per_label), random_state=0) for _, d in held_reviews.groupby("label")])
     cut = probe["text"].str.slice(0, chars).tolist()
     probe = probe.assign(reward=scorers.reward(cut), judge_positive=is_positive(scorers.judge, scorers.judge(cut)),
                          review_similarity=scorers.likeness(cut))
     scale = probe.groupby("label")[["reward", "judge_positive", "review_similarity"]].mean()
-    return scale.rename(index={0: "rotten/negative", 1: "fresh/positive"}), float(probe["review_similarity"].mean())
+    return (scale.rename(index=LABELS), float(probe["review_similarity"].mean()),
+            probe.assign(label=probe["label"].map(LABELS)))
+
+
+def data_text(reviews: pd.DataFrame, train: pd.DataFrame, held: pd.DataFrame, scorers: Scorers,
+              reward: str) -> str:
+    """The data and the scorers in a few lines."""
+    lines = [f"{len(reviews)} snippets: {len(train)} labelled train, {len(held)} labelled held-out "
+             f"({(train['label'] == 1).mean():.0%} positive in train); reward {reward!r}, judge {scorers.judge_name!r}"]
+    if scorers.classifier:
+        c = scorers.classifier
+        lines.append(f"classifier: {c['n_train']} train snippets, held-out accuracy {c['heldout_accuracy']:.3f} "
+                     f"(balanced {c['heldout_balanced_accuracy']:.3f}; VADER {c['vader_heldout_accuracy']:.3f})")
+    return "\n".join(lines)
 
 
 def evaluate(policy, reference, tokenizer, prompts: list[dict], reward_model, judge, seed: int,

@@ -82,6 +82,19 @@ def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["policy", "reward", "kl_coef", "seed"]).reset_index(drop=True)
 
 
+def plot_scale(probe: pd.DataFrame, reward_name: str):
+    """The reward's scale: its value on real held-out rotten and fresh snippets (cut to the length of
+    review start + response). PPO is asked to move the policy's text to the right of this picture."""
+    fig, a = plt.subplots(figsize=(9, 3))
+    bins = np.histogram_bin_edges(probe["reward"], bins=30)
+    for (label, d), color in zip(sorted(probe.groupby("label"), key=lambda kv: kv[0], reverse=True), ("C3", "C0")):
+        a.hist(d["reward"], bins=bins, alpha=0.55, color=color, label=f"real {label} snippets: mean {d['reward'].mean():.2f}")
+    a.set(xlabel=f"reward ({reward_name})", ylabel="held-out snippets", title="the reward on real reviews")
+    a.legend(loc="upper left", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def plot_start(before: pd.DataFrame, scale: pd.DataFrame, reward_name: str):
     """Where PPO starts: the reward of the base model's held-out responses against the mean reward
     of real rotten and fresh review snippets of the same length (the scale to read it on)."""
