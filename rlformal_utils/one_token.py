@@ -312,7 +312,9 @@ class OneTokenPPO(_Trainer):
         pending, self._pending = self._pending, None
         if pending is not None and pending[0] is not prompts:
             pending = None
-        with eval_mode(self.model):
+        # eval mode only around a forward pass: with the rollout's pass reused and no frozen reference
+        # there is none here, and no_grad alone gives the same numbers without two walks over the modules
+        with eval_mode(self.model) if pending is None or self.ref is not None else torch.no_grad():
             if pending is None:
                 _, logp_all, values = self.forward(prompts)
             else:
@@ -360,14 +362,20 @@ class OneTokenPPO(_Trainer):
         pg_loss = clipped_surrogate(ratio, advantages, cfg.cliprange).mean()
         if ratio.mean().item() > cfg.ratio_threshold:               # trl skips such a batch
             pg_loss, vf_loss = pg_loss * 0.0, vf_loss * 0.0
-        ent = _entropy_terms(logp_all)
-        bonus = cfg.token_entropy_coef * ent["token_entropy"] + cfg.batch_entropy_coef * ent["batch_entropy"]
-        grad_norm = self._apply(pg_loss + cfg.vf_coef * vf_loss - bonus)
-        return dict(loss_policy=pg_loss.item(), loss_value=vf_loss.item(), grad_norm=grad_norm,
-                    clipfrac=((ratio - 1).abs() > cfg.cliprange).float().mean().item(),
-                    approxkl=(0.5 * (logp - logp_old) ** 2).mean().item(),
-                    value_error=((vpred - returns) ** 2).mean().item(),
-                    train_token_entropy=ent["token_entropy"].item(), train_batch_entropy=ent["batch_entropy"].item())
+        loss = pg_loss + cfg.vf_coef * vf_loss
+        if cfg.token_entropy_coef or cfg.batch_entropy_coef:
+            ent = _entropy_terms(logp_all)
+            loss = loss - (cfg.token_entropy_coef * ent["token_entropy"] + cfg.batch_entropy_coef * ent["batch_entropy"])
+        else:  # both coefficients 0: the bonus adds exact zeros to the gradient, so it is only logged
+            with torch.no_grad():
+                ent = _entropy_terms(logp_all)
+        grad_norm = self._apply(loss)
+        with torch.no_grad():  # logged only: no graph
+            stats = torch.stack([pg_loss, vf_loss, ((ratio - 1).abs() > cfg.cliprange).float().mean(),
+                                 (0.5 * (logp - logp_old) ** 2).mean(), ((vpred - returns) ** 2).mean(),
+                                 ent["token_entropy"], ent["batch_entropy"]]).tolist()
+        return dict(loss_policy=stats[0], loss_value=stats[1], grad_norm=grad_norm, clipfrac=stats[2],
+                    approxkl=stats[3], value_error=stats[4], train_token_entropy=stats[5], train_batch_entropy=stats[6])
 
 
 # ----------------------------------------------------------------------------- supervised reference
