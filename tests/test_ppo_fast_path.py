@@ -111,3 +111,13 @@ def test_ppo_steps_are_bit_identical_to_the_plain_step(base_dir, tok, cfg):
     start = GPT2LMHeadModel.from_pretrained(base_dir).state_dict()
     assert max((plain_w[k] - v).abs().max().item() for k, v in start.items()) > 1e-3  # the steps did move the weights
     assert not fast_training and not plain_training       # both leave the policy in eval mode
+
+
+def test_the_training_loops_prompt_encoder_gives_the_tokenizers_ids(tok):
+    from rlformal_utils.arithmetic.train import prompt_encoder
+    splits = task.make_splits(2000, 200, seed=4)
+    problems = splits.train + splits.heldout + splits.unseen
+    problems.append(task.Problem(expression="3+4", chain="", prompt="3 + 4 = 7 ? =", answer=7))  # an unknown word
+    fast, slow = prompt_encoder(tok)(problems), prompt_tensors(tok, problems)
+    assert len({len(q) for q in slow}) > 1  # prompts of several lengths
+    assert all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(fast, slow))
