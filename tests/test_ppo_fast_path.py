@@ -81,11 +81,13 @@ def _run(base_dir, tok, plain, steps=3, **cfg):
     trainer = OT.OneTokenPPO(GPT2LMHeadModel.from_pretrained(base_dir),
                              OT.PPOConfig(lr=3e-3, ppo_epochs=3, max_grad_norm=1.0, **cfg), banned_ids(tok),
                              kl_reference=kl_reference)
-    problems = task.make_splits(16 * steps, 16, seed=2).train  # prompts of two lengths: padded batches
+    pool = task.make_splits(600, 16, seed=2).train
+    short = [p for p in pool if len(p.prompt.split()) < 28]   # prompts of two lengths: padded batches, and
+    long = [p for p in pool if len(p.prompt.split()) >= 28]   # mini-batches of either one length or both
     numbers, gen, out = task.number_token_ids(tok), torch.Generator().manual_seed(1), []
     np.random.seed(3)
     for s in range(steps):
-        batch = problems[16 * s:16 * (s + 1)]
+        batch = long[14 * s:14 * s + 7] + short[2 * s:2 * s + 2] + long[14 * s + 7:14 * (s + 1)]
         q = prompt_tensors(tok, batch)
         table = reward_table([p.answer for p in batch], numbers, len(tok))
         answers = OT.sample(trainer.rollout_logits(q), 1, banned_ids(tok), gen)
@@ -121,3 +123,17 @@ def test_the_training_loops_prompt_encoder_gives_the_tokenizers_ids(tok):
     fast, slow = prompt_encoder(tok)(problems), prompt_tensors(tok, problems)
     assert len({len(q) for q in slow}) > 1  # prompts of several lengths
     assert all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(fast, slow))
+
+
+def test_rows_of_a_padded_batch_are_the_padded_batch_of_those_rows():
+    """PPO pads a step's prompts once; each mini-batch's rows must be exactly what padding them anew gives."""
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 50, (n,), generator=g) for n in (5, 9, 9, 5, 7, 9, 5)]
+    padded = OT.pad_prompts(prompts)
+    for rows in ([0, 3, 6], [1, 2, 5], [6, 1], [4, 0], list(range(7)), [5, 4, 3, 2, 1, 0, 6]):
+        expected = OT.pad_prompts([prompts[i] for i in rows])
+        got = OT.select_rows(padded, torch.tensor(rows))
+        for e, x in zip(expected, got):
+            assert (e is None and x is None) or (torch.equal(e, x) and e.dtype == x.dtype), rows
+    same = [torch.arange(4) + i for i in range(3)]  # one length: no mask at all
+    assert OT.select_rows(OT.pad_prompts(same), torch.tensor([2, 0]))[1:] == (None, None)
