@@ -33,17 +33,41 @@ from .pretrain import left_pad
 
 
 # ----------------------------------------------------------------------------- the forward pass
-def last_position(model, prompts: list[torch.Tensor], with_hidden: bool = False):
+def pad_prompts(prompts: list[torch.Tensor]):
+    """The batch ``last_position`` runs: (ids, mask, positions) of the left-padded prompts, with mask
+    and positions None when all prompts have one length."""
+    width = max(len(p) for p in prompts)
+    if all(len(p) == width for p in prompts):
+        return torch.stack(list(prompts)), None, None
+    ids, mask = left_pad(prompts)
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def select_rows(padded, idx: torch.Tensor):
+    """``pad_prompts([prompts[i] for i in idx])`` read off ``pad_prompts(prompts)``: those rows, without
+    the leading columns that are padding in all of them (so PPO pads a batch once per step)."""
+    ids, mask, _ = padded
+    ids = ids[idx]
+    if mask is None:
+        return ids, None, None
+    mask = mask[idx]
+    lengths = mask.sum(-1)
+    width = int(lengths.max())
+    ids, mask = ids[:, -width:].contiguous(), mask[:, -width:].contiguous()
+    if bool((lengths == width).all()):
+        return ids, None, None
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def last_position(model, prompts: list[torch.Tensor], with_hidden: bool = False, padded=None):
     """Logits (B, V) of the token after each prompt, and optionally the last hidden state
     (B, D) there, from ONE forward call: prompts are left-padded to a common length, with the
     attention mask and position ids that make each row compute exactly what it would alone.
     Differentiable; the caller decides about ``no_grad``. A GPT-2 with dropout off takes
     ``gpt2_last_position`` (the same function, less work); any other model its own forward.
     The model may sit on a GPU; the results always come back to the CPU (differentiably), where
-    answers are sampled and scored."""
-    width = max(len(p) for p in prompts)
-    ids, mask = (torch.stack(list(prompts)), None) if all(len(p) == width for p in prompts) else left_pad(prompts)
-    positions = None if mask is None else (mask.cumsum(-1) - 1).clamp(min=0)
+    answers are sampled and scored. ``padded``: ``pad_prompts(prompts)`` when the caller has it."""
+    ids, mask, positions = pad_prompts(prompts) if padded is None else padded
     device = devices.of(model)
     if device.type != "cpu":
         ids, mask, positions = (None if t is None else t.to(device) for t in (ids, mask, positions))
@@ -288,8 +312,8 @@ class OneTokenPPO(_Trainer):
         self.kl_ctl = AdaptiveKL(config.init_kl_coef, config.kl_target, config.kl_horizon, config.adaptive_kl)
         self._pending = None  # (prompts, log-probs, values) of the last rollout, for its step to reuse
 
-    def forward(self, prompts):
-        logits, hidden = last_position(self.model, prompts, with_hidden=True)
+    def forward(self, prompts, padded=None):
+        logits, hidden = last_position(self.model, prompts, with_hidden=True, padded=padded)
         return logits, masked_log_softmax(logits, self.banned, self.cfg.mask_banned), self.value_head(hidden).squeeze(-1)
 
     def rollout_logits(self, prompts) -> torch.Tensor:
@@ -298,8 +322,9 @@ class OneTokenPPO(_Trainer):
         one pass (dropout is off, so it is the pass trl would repeat three times)."""
         if self.cfg.mini_batch_size >= len(prompts):
             self.model.train()
-            logits, logp_all, values = self.forward(prompts)
-            self._pending = (prompts, logp_all, values)
+            padded = pad_prompts(prompts)
+            logits, logp_all, values = self.forward(prompts, padded)
+            self._pending = (prompts, logp_all, values, padded)
             return logits.detach()
         self._pending = None
         with eval_mode(self.model):
@@ -312,16 +337,20 @@ class OneTokenPPO(_Trainer):
         pending, self._pending = self._pending, None
         if pending is not None and pending[0] is not prompts:
             pending = None
-        with eval_mode(self.model):
+        padded = pad_prompts(prompts) if pending is None else pending[3]  # once per step, for every pass
+        # eval mode only around a forward pass: with the rollout's pass reused and no frozen reference
+        # there is none here, and no_grad alone gives the same numbers without two walks over the modules
+        with eval_mode(self.model) if pending is None or self.ref is not None else torch.no_grad():
             if pending is None:
-                _, logp_all, values = self.forward(prompts)
+                _, logp_all, values = self.forward(prompts, padded)
             else:
                 logp_all, values = pending[1].detach(), pending[2].detach()
             logp_old = logp_all.gather(1, answers).squeeze(1)
             if self.ref is None:
                 ref_logp_all = logp_all
             else:
-                ref_logp_all = masked_log_softmax(last_position(self.ref, prompts), self.banned, cfg.mask_banned)
+                ref_logp_all = masked_log_softmax(last_position(self.ref, prompts, padded=padded), self.banned,
+                                                  cfg.mask_banned)
             ref_logp = ref_logp_all.gather(1, answers).squeeze(1)
             kl = logp_old - ref_logp                                # trl's "kl" estimator of one token
             exact_kl = (logp_all.exp() * (logp_all - ref_logp_all).nan_to_num(0.0, posinf=0.0, neginf=0.0)).sum(-1)
@@ -337,7 +366,8 @@ class OneTokenPPO(_Trainer):
                 reuse = (pending[1][idx], pending[2][idx]) if pending is not None else None
                 pending = None
                 stats.append(self._minibatch([prompts[i] for i in idx.tolist()], answers[idx], logp_old[idx],
-                                             values[idx], advantages[idx], returns[idx], reuse))
+                                             values[idx], advantages[idx], returns[idx], reuse,
+                                             None if reuse is not None else select_rows(padded, idx)))
         self.model.eval()
         self.sched.step()
         mean_kl = kl.mean().item()
@@ -350,9 +380,9 @@ class OneTokenPPO(_Trainer):
                    value_return_corr=float(np.corrcoef(values.numpy(), returns.numpy())[0, 1]) if B > 2 else float("nan"))
         return out
 
-    def _minibatch(self, prompts, answers, logp_old, values, advantages, returns, reuse=None) -> dict:
+    def _minibatch(self, prompts, answers, logp_old, values, advantages, returns, reuse=None, padded=None) -> dict:
         cfg = self.cfg
-        logp_all, vpred = reuse if reuse is not None else self.forward(prompts)[1:]
+        logp_all, vpred = reuse if reuse is not None else self.forward(prompts, padded)[1:]
         logp = logp_all.gather(1, answers).squeeze(1)
         vclipped = torch.max(torch.min(vpred, values + cfg.cliprange_value), values - cfg.cliprange_value)
         vf_loss = 0.5 * torch.max((vpred - returns) ** 2, (vclipped - returns) ** 2).mean()
@@ -360,14 +390,20 @@ class OneTokenPPO(_Trainer):
         pg_loss = clipped_surrogate(ratio, advantages, cfg.cliprange).mean()
         if ratio.mean().item() > cfg.ratio_threshold:               # trl skips such a batch
             pg_loss, vf_loss = pg_loss * 0.0, vf_loss * 0.0
-        ent = _entropy_terms(logp_all)
-        bonus = cfg.token_entropy_coef * ent["token_entropy"] + cfg.batch_entropy_coef * ent["batch_entropy"]
-        grad_norm = self._apply(pg_loss + cfg.vf_coef * vf_loss - bonus)
-        return dict(loss_policy=pg_loss.item(), loss_value=vf_loss.item(), grad_norm=grad_norm,
-                    clipfrac=((ratio - 1).abs() > cfg.cliprange).float().mean().item(),
-                    approxkl=(0.5 * (logp - logp_old) ** 2).mean().item(),
-                    value_error=((vpred - returns) ** 2).mean().item(),
-                    train_token_entropy=ent["token_entropy"].item(), train_batch_entropy=ent["batch_entropy"].item())
+        loss = pg_loss + cfg.vf_coef * vf_loss
+        if cfg.token_entropy_coef or cfg.batch_entropy_coef:
+            ent = _entropy_terms(logp_all)
+            loss = loss - (cfg.token_entropy_coef * ent["token_entropy"] + cfg.batch_entropy_coef * ent["batch_entropy"])
+        else:  # both coefficients 0: the bonus adds exact zeros to the gradient, so it is only logged
+            with torch.no_grad():
+                ent = _entropy_terms(logp_all)
+        grad_norm = self._apply(loss)
+        with torch.no_grad():  # logged only: no graph
+            stats = torch.stack([pg_loss, vf_loss, ((ratio - 1).abs() > cfg.cliprange).float().mean(),
+                                 (0.5 * (logp - logp_old) ** 2).mean(), ((vpred - returns) ** 2).mean(),
+                                 ent["token_entropy"], ent["batch_entropy"]]).tolist()
+        return dict(loss_policy=stats[0], loss_value=stats[1], grad_norm=grad_norm, clipfrac=stats[2],
+                    approxkl=stats[3], value_error=stats[4], train_token_entropy=stats[5], train_batch_entropy=stats[6])
 
 
 # ----------------------------------------------------------------------------- supervised reference
