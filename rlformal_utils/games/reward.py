@@ -26,9 +26,11 @@ scores captured without these in ``tests/games_reward_scores.json``; compare the
 ``python -m rlformal_utils.games.benchmark``):
 
 * XLA compiles the playout loop with its optimisations off (``FAST_COMPILE_OPTIONS``): compiling
-  costs about half as much, and the playouts, a few milliseconds, run a little slower. The
-  computation is integer board logic plus jax's counter-based random bits, so the outcomes are
-  the same.
+  costs about half as much. Unoptimised code plays up to ~15x slower, which matters for long
+  games only, so the loop runs a slice of turns at a time and, once the playouts have taken as
+  long as that compilation, is compiled again optimised to finish them (``_staged_playouts``).
+  The computation is integer board logic plus jax's counter-based random bits, the loop is the
+  same, only cut into slices, so the outcomes are the same.
 * The first position's legal moves come out of the compiled playout function instead of an
   eager ``env.init`` (dozens of small eagerly dispatched operations).
 * The board tables (see above) are also kept on disk when ``set_board_cache(folder)`` names a
@@ -192,45 +194,95 @@ def _on_disk(fn, game_info, key):
     return table
 
 
-def _playout_fn(env, n_playouts: int, max_turns: int, seed: int | None = None):
-    """A jitted function key -> (winners, terminated, stuck, lengths) of random playouts; with a
-    ``seed``, also whether ``env.init(PRNGKey(seed))`` has a legal action."""
+def _loop(env, n_playouts: int):
+    """(start, cond, body) of the random-playout loop: ``start(key)`` is the first carry (states,
+    key, turn, stuck), ``cond(carry, max_turns)`` whether to go on, ``body(carry)`` one turn."""
     import jax
     import jax.numpy as jnp
 
-    def play(key):
+    def finished(s, stuck):
+        return s.terminated | s.truncated | stuck
+
+    def start(key):
         key, init_key = jax.random.split(key)
         state = jax.vmap(env.init)(jax.random.split(init_key, n_playouts))
-        no_move = jnp.zeros(n_playouts, dtype=bool)
+        return state, key, 0, jnp.zeros(n_playouts, dtype=bool)
 
-        def finished(s, stuck):
-            return s.terminated | s.truncated | stuck
+    def cond(carry, max_turns):
+        s, _, turn, stuck = carry
+        return (turn < max_turns) & ~finished(s, stuck).all()
 
-        def cond(carry):
-            s, _, turn, stuck = carry
-            return (turn < max_turns) & ~finished(s, stuck).all()
+    def body(carry):
+        s, k, turn, stuck = carry
+        k, sub = jax.random.split(k)
+        stuck = stuck | (~s.legal_action_mask.any(-1) & ~finished(s, stuck))
+        done = finished(s, stuck)
+        logits = jnp.where(s.legal_action_mask, 0.0, -jnp.inf)
+        actions = jax.random.categorical(sub, logits, axis=-1).astype(jnp.int16)
+        stepped = jax.vmap(env.step)(s, actions)
 
-        def body(carry):
-            s, k, turn, stuck = carry
-            k, sub = jax.random.split(k)
-            stuck = stuck | (~s.legal_action_mask.any(-1) & ~finished(s, stuck))
-            done = finished(s, stuck)
-            logits = jnp.where(s.legal_action_mask, 0.0, -jnp.inf)
-            actions = jax.random.categorical(sub, logits, axis=-1).astype(jnp.int16)
-            stepped = jax.vmap(env.step)(s, actions)
+        def keep_done(new, old):
+            return jnp.where(jnp.reshape(done, done.shape + (1,) * (new.ndim - 1)), old, new)
 
-            def keep_done(new, old):
-                return jnp.where(jnp.reshape(done, done.shape + (1,) * (new.ndim - 1)), old, new)
+        return jax.tree_util.tree_map(keep_done, stepped, s), k, turn + 1, stuck
 
-            return jax.tree_util.tree_map(keep_done, stepped, s), k, turn + 1, stuck
+    return start, cond, body
 
-        s, _, _, stuck = jax.lax.while_loop(cond, body, (state, key, 0, no_move))
-        if seed is None:
-            return s.winners, s.terminated, stuck, s.global_step_count
-        first_can_move = env.init(jax.random.PRNGKey(seed)).legal_action_mask.any()
-        return s.winners, s.terminated, stuck, s.global_step_count, first_can_move
+
+def _playout_fn(env, n_playouts: int, max_turns: int):
+    """A jitted function key -> (winners, terminated, stuck, lengths) of random playouts."""
+    import jax
+    start, cond, body = _loop(env, n_playouts)
+
+    def play(key):
+        s, _, _, stuck = jax.lax.while_loop(lambda c: cond(c, max_turns), body, start(key))
+        return s.winners, s.terminated, stuck, s.global_step_count
 
     return jax.jit(play)
+
+
+def _staged_playouts(env, n_playouts: int, max_turns: int, seed: int):
+    """The playouts of ``_playout_fn`` (the same loop, the same random bits, so the same outcome),
+    cheaper to compile: the loop is compiled with XLA's optimisations off and run a slice of turns
+    at a time; unoptimised code plays up to ~15x slower, so once the playouts have taken as long
+    as that compilation, the rest of the loop is compiled optimised and finishes the playouts.
+    Returns (winners, terminated, stuck, lengths, first position has a legal action, compile s)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    start, cond, body = _loop(env, n_playouts)
+
+    def first(key):  # the first carry, and whether env.init(PRNGKey(seed)) has a legal action
+        s, k, turn, stuck = start(key)
+        return (s, k, jnp.int32(turn), stuck), env.init(jax.random.PRNGKey(seed)).legal_action_mask.any()
+
+    def advance(carry, limit):  # the loop of _playout_fn, stopped at turn ``limit``
+        return jax.lax.while_loop(lambda c: cond(c, limit), body, carry)
+
+    key = jax.random.PRNGKey(seed)
+    t0 = time.perf_counter()
+    carry, can_move = jax.jit(first).lower(key).compile(dict(FAST_COMPILE_OPTIONS))(key)
+    if not bool(can_move):
+        return None, None, None, None, False, time.perf_counter() - t0
+    limit = jnp.int32(0)
+    step = jax.jit(advance).lower(carry, limit).compile(dict(FAST_COMPILE_OPTIONS))
+    compile_seconds = budget = time.perf_counter() - t0
+    t1, turn, chunk, optimised = time.perf_counter(), 0, 8, False
+    while True:
+        s, _, _, stuck = carry
+        if turn >= max_turns or bool(np.asarray(s.terminated | s.truncated | stuck).all()):
+            break
+        if not optimised and time.perf_counter() - t1 > budget:
+            t2 = time.perf_counter()
+            step = jax.jit(advance).lower(carry, limit).compile()
+            compile_seconds += time.perf_counter() - t2
+            optimised, chunk = True, max_turns
+        turn = min(max_turns, turn + chunk)
+        chunk *= 2
+        carry = jax.block_until_ready(step(carry, jnp.int32(turn)))
+        turn = int(carry[2])
+    s, _, _, stuck = carry
+    return s.winners, s.terminated, stuck, s.global_step_count, True, compile_seconds
 
 
 def _short(err: BaseException) -> str:
@@ -262,22 +314,24 @@ def evaluate_in_process(description: str, n_playouts: int = 100, max_turns: int 
     result.build_seconds = t1 - t0
     result.status, result.reward = "not_playable", REWARD_NOT_PLAYABLE
     try:
-        if fast:  # the first position is checked by the compiled function, after the playouts
-            lowered = _playout_fn(env, n_playouts, max_turns, seed).lower(jax.random.PRNGKey(seed))
-            compiled = lowered.compile(dict(FAST_COMPILE_OPTIONS))
+        if fast:
+            winners, terminated, stuck, lengths, can_move, compile_seconds = _staged_playouts(
+                env, n_playouts, max_turns, seed)
+            result.jit_seconds = compile_seconds
+            result.play_seconds = time.perf_counter() - t1 - compile_seconds
+            if not can_move:
+                result.error = "no legal action in the initial position"
+                return result
         else:
             first = env.init(jax.random.PRNGKey(seed))
             if not bool(np.asarray(first.legal_action_mask).any()):
                 result.error = "no legal action in the initial position"
                 return result
             compiled = _playout_fn(env, n_playouts, max_turns).lower(jax.random.PRNGKey(seed)).compile()
-        t2 = time.perf_counter()
-        result.jit_seconds = t2 - t1
-        winners, terminated, stuck, lengths, *first_can_move = jax.block_until_ready(compiled(jax.random.PRNGKey(seed)))
-        result.play_seconds = time.perf_counter() - t2
-        if first_can_move and not bool(first_can_move[0]):
-            result.error = "no legal action in the initial position"
-            return result
+            t2 = time.perf_counter()
+            result.jit_seconds = t2 - t1
+            winners, terminated, stuck, lengths = jax.block_until_ready(compiled(jax.random.PRNGKey(seed)))
+            result.play_seconds = time.perf_counter() - t2
         winners, terminated, stuck = np.asarray(winners), np.asarray(terminated), np.asarray(stuck)
     except Exception as err:
         result.error = _short(err)
