@@ -1,10 +1,10 @@
 """What one game-reward evaluation costs, with the score-neutral speed-ups of ``reward.py`` off and on.
 
-    python -m rlformal_utils.games.benchmark                   # every playable case, 32 playouts
-    python -m rlformal_utils.games.benchmark --limit 10 --max-tasks 1
+    python -m rlformal_utils.games.benchmark                   # 16 generated playable games, 32 playouts
+    python -m rlformal_utils.games.benchmark --cases all --max-tasks 1
 
-The descriptions are the playable ones of ``tests/games_reward_scores.json`` (bundled games and
-generated middles spliced into their games), each new to both rewarders (no reward cache). Two
+The descriptions are the playable ones of ``tests/games_reward_scores.json`` (generated middles
+spliced into their games; ``--cases bundled``: the bundled games), each new to both rewarders (no reward cache). Two
 ``GameRewarder`` workers, one per setting, score the same description one after the other, taking
 turns at going first, so that the machine's load weighs on both alike. ``--max-tasks 1`` restarts
 each worker after every description (a worker's in-memory board tables are lost; the fast one
@@ -27,11 +27,11 @@ from .rewarder import GameRewarder
 FIXTURE = Path(__file__).resolve().parents[2] / "tests" / "games_reward_scores.json"
 
 
-def playable_cases(limit: int = 0) -> list[tuple[str, str]]:
+def playable_cases(limit: int = 0, kind: str = "generated") -> list[tuple[str, str]]:
     games = {n: normalise(t) for n, t in bundled_games().items()}
     out = []
     for case in json.loads(FIXTURE.read_text())["cases"]:
-        if case["status"] != "playable":
+        if case["status"] != "playable" or (kind != "all" and not case["name"].startswith(kind[:3] + ":")):
             continue
         text = games[case["game"]]
         if case["edit"] is not None:
@@ -47,12 +47,14 @@ def load() -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cases", choices=("generated", "bundled", "all"), default="generated",
+                    help="generated middles spliced into their games (the default), the bundled games, or both")
     ap.add_argument("--limit", type=int, default=0, help="first N playable cases (0: all)")
     ap.add_argument("--n-playouts", type=int, default=32)
     ap.add_argument("--max-turns", type=int, default=500)
     ap.add_argument("--max-tasks", type=int, default=40, help="descriptions per worker before it restarts")
     args = ap.parse_args(argv)
-    cases = playable_cases(args.limit)
+    cases = playable_cases(args.limit, args.cases)
     print(f"{len(cases)} playable descriptions, {args.n_playouts} playouts of at most {args.max_turns} turns, "
           f"a worker restarts every {args.max_tasks} descriptions")
     print("load before:", load())
