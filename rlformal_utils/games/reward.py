@@ -180,7 +180,7 @@ def _on_disk(fn, game_info, key):
     path = os.path.join(folder, name + ".npy")
     try:
         return jnp.asarray(np.load(path, allow_pickle=False))
-    except (OSError, ValueError):
+    except Exception:  # missing or unreadable: computed again (a bad file must not fail a game)
         pass
     table = fn(game_info)
     try:
@@ -189,7 +189,7 @@ def _on_disk(fn, game_info, key):
         with open(tmp, "wb") as f:
             np.save(f, np.asarray(table), allow_pickle=False)
         os.replace(tmp, path)  # atomic: a reader never sees half a table
-    except OSError:
+    except Exception:
         pass
     return table
 
