@@ -34,6 +34,7 @@ def _worker_main() -> None:
     os.dup2(2, 1)
     exit_with_parent(os.getppid())
     R._prepare_ludax()
+    R.set_board_cache(os.environ.get("RLFORMAL_BOARD_CACHE") or None)
     if os.environ.get("RLFORMAL_JAX_CACHE"):  # reuse XLA executables across processes and runs
         import jax
         jax.config.update("jax_compilation_cache_dir", os.environ["RLFORMAL_JAX_CACHE"])
@@ -55,9 +56,9 @@ class _Worker:
     """One worker subprocess with a line-based pipe protocol and a kill switch."""
 
     def __init__(self, warmup: bool, start_timeout: float, log_path: str | None = None,
-                 jax_cache_dir: str | None = None):
+                 jax_cache_dir: str | None = None, board_cache_dir: str | None = None):
         env = dict(os.environ, JAX_PLATFORMS="cpu",  # one CPU thread per worker, no GPU probing
-                   RLFORMAL_JAX_CACHE=jax_cache_dir or "",
+                   RLFORMAL_JAX_CACHE=jax_cache_dir or "", RLFORMAL_BOARD_CACHE=board_cache_dir or "",
                    XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
                               " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip())
         cmd = [sys.executable, "-m", WORKER_MODULE, "--worker"] + (["--warmup"] if warmup else [])
@@ -111,13 +112,16 @@ class GameRewarder:
     ``workers=0`` evaluates in this process (no timeout is possible then). ``cache_path``, if
     given, is a JSON-lines file that keeps results across sessions. ``jax_cache_dir`` is jax's
     persistent compilation cache for the workers ("default": ``.cache/jax``; None, the default: off).
+    ``fast=False`` turns off the speed-ups that change no score (see ``reward.py``), including the
+    on-disk board tables in ``board_cache_dir`` ("default": ``<cache>/ludax-boards``; None: off).
     Use as a context manager or call ``close()`` to stop the workers.
     """
 
     def __init__(self, workers: int = 1, timeout: float = 120.0, n_playouts: int = 100,
                  max_turns: int = 500, seed: int = 0, cache_path: str | os.PathLike | None = None,
                  max_tasks_per_worker: int = 40, warmup: bool = True, start_timeout: float = 300.0,
-                 log_path: str | os.PathLike | None = None, jax_cache_dir: str | os.PathLike | None = None):
+                 log_path: str | os.PathLike | None = None, jax_cache_dir: str | os.PathLike | None = None,
+                 fast: bool = True, board_cache_dir: str | os.PathLike | None = "default"):
         self.workers, self.timeout = int(workers), float(timeout)
         self.settings = dict(n_playouts=int(n_playouts), max_turns=int(max_turns), seed=int(seed))
         self.max_tasks_per_worker = max_tasks_per_worker
@@ -127,6 +131,11 @@ class GameRewarder:
             from ..runs import CACHE_DIR
             jax_cache_dir = CACHE_DIR / "jax"
         self.jax_cache_dir = str(jax_cache_dir) if jax_cache_dir else None
+        self.fast = bool(fast)  # not part of the cache key: the scores are the same either way
+        if board_cache_dir == "default":
+            from ..runs import CACHE_DIR
+            board_cache_dir = CACHE_DIR / "ludax-boards"
+        self.board_cache_dir = str(board_cache_dir) if board_cache_dir and self.fast else None
         self.cache: dict[str, dict] = {}
         self.cache_path = Path(cache_path) if cache_path else None
         if self.cache_path and self.cache_path.exists():
@@ -169,7 +178,8 @@ class GameRewarder:
                     self._started += 1
             if start:
                 try:
-                    return _Worker(self.warmup, self.start_timeout, self.log_path, self.jax_cache_dir)
+                    return _Worker(self.warmup, self.start_timeout, self.log_path, self.jax_cache_dir,
+                                   self.board_cache_dir)
                 except Exception:
                     with self._lock:
                         self._started -= 1
@@ -184,13 +194,13 @@ class GameRewarder:
 
     def _run_one(self, description: str) -> GameResult:
         if self.workers == 0:
-            return evaluate_in_process(description, **self.settings)
+            return evaluate_in_process(description, fast=self.fast, **self.settings)
         worker = self._get_worker()
         pid = worker.proc.pid
         self.busy_pids.add(pid)
         t0 = time.perf_counter()
         try:
-            worker.send(dict(description=description, **self.settings))
+            worker.send(dict(description=description, fast=self.fast, **self.settings))
             reply = worker.receive(self.timeout)
             if reply is not None:
                 result = GameResult(**reply)

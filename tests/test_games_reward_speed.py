@@ -1,0 +1,96 @@
+"""The game reward's speed-ups change no score: exact rewards and playout counts captured before them.
+
+``games_reward_scores.json`` holds 43 descriptions (every bundled game, generated middles spliced into
+their games, unplayable and non-compiling ones) with the scores the reward gave them before any
+speed-up. The quick test re-scores a fixed subset of QUICK cases in this process with the speed-ups
+on and off (about 20 s each on 2 quiet cores); ``RLFORMAL_FULL_REWARD_FIXTURE=1`` re-scores all 43
+(minutes).
+"""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from rlformal_utils.games import reward as R
+from rlformal_utils.games.fim import bundled_games, normalise
+
+FIXTURE = json.loads((Path(__file__).parent / "games_reward_scores.json").read_text())
+QUICK = ["bundled:tic_tac_toe", "bundled:yavalath", "bundled:hop_through", "bundled:hex",
+         "gen:yavalath:(square 1)", "gen:tic_tac_toe:(square 13)", "gen:yavalath:(square 8)",
+         "gen:hex:(P1 P1)", "gen:tic_tac_toe:(mover win)", "gen:tic_tac_toe:(destination (center))",
+         "notplayable:ttt_full", "gen:tic_tac_toe:(P1 P2)", "gen:yavalath:(count (actions))",
+         "gen:hex:(square direction: white)"]
+FIELDS = ("status", "reward", "p1_wins", "p2_wins", "draws", "unfinished", "mean_length")
+
+
+def description(case: dict) -> str:
+    text = normalise(bundled_games()[case["game"]])
+    if case["edit"] is None:
+        return text
+    start, end, middle = case["edit"]
+    return text[:start] + middle + text[end:]
+
+
+def score(case: dict, **options) -> dict:
+    r = R.evaluate_in_process(description(case), **FIXTURE["settings"], **options)
+    return {k: getattr(r, k) for k in FIELDS if k in case}
+
+
+def expected(case: dict) -> dict:
+    return {k: case[k] for k in FIELDS if k in case}
+
+
+def test_fixture_covers_every_kind_of_outcome():
+    cases = FIXTURE["cases"]
+    statuses = {c["status"] for c in cases}
+    assert statuses == {"playable", "not_playable", "no_compile"}
+    assert {c["game"] for c in cases if c["name"].startswith("bundled:")} == set(bundled_games())
+    assert sum(c["name"].startswith("gen:") and c["status"] == "playable" for c in cases) >= 10
+    names = [c["name"] for c in cases]
+    assert set(QUICK) <= set(names) and len(set(names)) == len(names)
+    assert {c["status"] for c in cases if c["name"] in QUICK} == statuses
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_quick_subset_scores_exactly_as_captured(fast):
+    got = {c["name"]: score(c, fast=fast) for c in FIXTURE["cases"] if c["name"] in QUICK}
+    want = {c["name"]: expected(c) for c in FIXTURE["cases"] if c["name"] in QUICK}
+    assert got == want
+
+
+@pytest.mark.skipif(not os.environ.get("RLFORMAL_FULL_REWARD_FIXTURE"), reason="minutes: set RLFORMAL_FULL_REWARD_FIXTURE=1")
+@pytest.mark.parametrize("fast", [True, False])
+def test_every_fixture_case_scores_exactly_as_captured(fast):
+    got = {c["name"]: score(c, fast=fast) for c in FIXTURE["cases"]}
+    assert got == {c["name"]: expected(c) for c in FIXTURE["cases"]}
+
+
+def test_a_bad_board_table_file_is_computed_again(tmp_path):
+    case = next(c for c in FIXTURE["cases"] if c["name"] == "bundled:tic_tac_toe")
+    try:
+        R.set_board_cache(tmp_path)
+        R._prepare_ludax()
+        import ludax.utils
+        info = _board_info(description(case))
+        table = ludax.utils._get_adjacency_lookup.uncached(info)
+        assert (R._on_disk(ludax.utils._get_adjacency_lookup.uncached, info, ("k",)) == table).all()
+        files = list(tmp_path.glob("*.npy"))
+        assert len(files) == 1
+        def not_called(_):
+            raise AssertionError("the table should come from the file")
+
+        not_called.__name__ = ludax.utils._get_adjacency_lookup.uncached.__name__
+        again = R._on_disk(not_called, info, ("k",))
+        assert again.dtype == table.dtype and (again == table).all()
+        files[0].write_bytes(b"not a table")
+        assert (R._on_disk(ludax.utils._get_adjacency_lookup.uncached, info, ("k",)) == table).all()
+    finally:
+        R.set_board_cache(None)
+
+
+def _board_info(text: str):
+    import ludax
+    from lark import Lark
+    from ludax.game_info import GameInfoExtractor
+    return GameInfoExtractor()(Lark(ludax.grammar, start="game").parse(text))[0]
