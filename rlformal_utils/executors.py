@@ -49,6 +49,10 @@ import yaml
 
 CONNECT_TIMEOUT_S = 10    # an unreachable scheduler fails after this long
 POLL_S = 0.5              # how often a running papermill is checked (exit, stop request)
+# jupyter_client can lose a race for a kernel's ports when kernels start at the same moment; the kernel
+# then dies before its first reply and no cell has run, so the run is simply started again
+KERNEL_START_FAILED = "Kernel died before replying to kernel_info"
+START_ATTEMPTS = 2
 DASK_STOP_POLL_S = 2.0    # how often a Dask task asks the scheduler whether the client asked to stop
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "PYTHONWARNINGS")  # plus every RLFORMAL_* variable of the client
 ALLOWED_FAILURES = 1      # a LocalCluster reruns a run once when its worker dies (see the module docstring)
@@ -120,13 +124,10 @@ def execute(job: Job, should_stop: Callable[[], bool] | None = None) -> Outcome:
     # its own session, so that a Ctrl-C in the terminal reaches the runner only and the runner decides
     cmd = [sys.executable, "-m", "rlformal_utils.executors", "--child-of", str(os.getpid()), *papermill]
     t = time.time()
-    with open(log, "w") as logf:
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        try:
-            rc = _wait(proc, should_stop)
-        except BaseException:
-            kill_tree(proc.pid)
-            raise
+    for _ in range(START_ATTEMPTS):  # a kernel that dies before it answers has run nothing: start again
+        rc = _launch(cmd, env, log, should_stop)
+        if rc in (0, None) or KERNEL_START_FAILED not in log.read_text(errors="replace"):
+            break
     seconds = time.time() - t
     if rc == 0:
         clean_executed(partial)
@@ -137,6 +138,17 @@ def execute(job: Job, should_stop: Callable[[], bool] | None = None) -> Outcome:
         return Outcome(False, seconds, "stopped before it finished", threads=threads, cpus=usable_cpus())
     tail = log.read_text(errors="replace").strip().splitlines()[-3:]
     return Outcome(False, seconds, " | ".join(tail), threads=threads, cpus=usable_cpus())
+
+
+def _launch(cmd: list[str], env: dict, log: Path, should_stop) -> int | None:
+    """One papermill process, its output in ``log``; its exit code (None: stopped)."""
+    with open(log, "w") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            return _wait(proc, should_stop)
+        except BaseException:
+            kill_tree(proc.pid)
+            raise
 
 
 def _wait(proc: subprocess.Popen, should_stop) -> int | None:

@@ -317,3 +317,34 @@ def test_an_executed_copy_is_given_only_the_parameters_that_differ_from_the_note
     assert set(job.params) == {"seed", "steps", "output_dir"}
     assert job.params["seed"] == 2 and job.params["steps"] == default["steps"] + 1
     assert runner.changed_params("arithmetic", dict(seed=float(default["seed"]))) == dict(seed=float(default["seed"]))
+
+
+def _fake_launches(monkeypatch, logs: list[str]):
+    """executors._launch replaced: attempt i writes logs[i] and fails, unless logs[i] is "ok"."""
+    from rlformal_utils import executors
+    calls = []
+
+    def launch(cmd, env, log, should_stop):
+        text = logs[len(calls)]
+        calls.append(text)
+        Path(log).write_text(text)
+        if text == "ok":
+            partial = Path(cmd[cmd.index("--cwd") - 1])
+            partial.write_text(json.dumps(dict(cells=[], metadata={}, nbformat=4, nbformat_minor=5)))
+            return 0
+        return 1
+    monkeypatch.setattr(executors, "_launch", launch)
+    return calls
+
+
+def test_a_kernel_that_dies_before_answering_is_started_once_more(tmp_path, monkeypatch):
+    from rlformal_utils import executors
+    job = Job("a/run", "notebooks/arithmetic.ipynb", str(tmp_path / "run"), {}, "arithmetic.ipynb", 1)
+    calls = _fake_launches(monkeypatch, ["RuntimeError: " + executors.KERNEL_START_FAILED, "ok"])
+    assert executors.execute(job).ok and len(calls) == 2
+    assert (tmp_path / "run" / "arithmetic.ipynb").exists()
+    calls = _fake_launches(monkeypatch, ["RuntimeError: " + executors.KERNEL_START_FAILED] * 2)
+    assert not executors.execute(job).ok and len(calls) == executors.START_ATTEMPTS == 2
+    calls = _fake_launches(monkeypatch, ["ZeroDivisionError in cell 3", "ok"])  # a failing run is not retried
+    out = executors.execute(job)
+    assert not out.ok and "ZeroDivisionError" in out.error and len(calls) == 1
