@@ -63,6 +63,7 @@ def runs(profile: str) -> list[Run]:
         # k = 8 (2 prompts per step), four updates per step: GROUP_CHOICE with 3 seeds, and with the entropy bonus
         settings += [dict(GROUP_CHOICE, seed=s) for s in (0, 1, 2)]
         settings += [dict(GROUP_CHOICE, entropy_coef=0.1, seed=0)]
+        settings += [group(group_size=8, kl_coef=kl, ppo_mini_batch_size=4, seed=0) for kl in (0.2, 0.3)]
     elif profile == "classroom":  # the default policy with KL 0 (the paper's effective setting): the reward
         # climbs within ~15 steps; a smaller classifier and review-likeness bank keep the setup short
         base = dict(SMOLLM2_LORA, classifier_max_train=2000, likeness_bank=200, ppo_steps=18, kl_coef=0.0,
