@@ -41,7 +41,9 @@ def group(**settings) -> dict:
                 **settings)
 
 
-# the group-relative setting of the quick profile, chosen by the long profile's sweep
+# The group-relative setting of the quick profile, chosen by the long profile's sweep: 8 responses for each of
+# 2 prompts, KL 0.1, four updates per step. In the sweep its seeds reach the reward and judge targets; the
+# perplexity ratio varies widely between seeds there, as for every setting tried.
 GROUP_CHOICE = group(group_size=8, kl_coef=0.1, ppo_mini_batch_size=4)
 
 
@@ -64,6 +66,7 @@ def runs(profile: str) -> list[Run]:
         settings += [dict(GROUP_CHOICE, seed=s) for s in (0, 1, 2)]
         settings += [dict(GROUP_CHOICE, entropy_coef=0.1, seed=0)]
         settings += [group(group_size=8, kl_coef=kl, ppo_mini_batch_size=4, seed=0) for kl in (0.2, 0.3)]
+        settings += [group(group_size=8, kl_coef=0.15, ppo_mini_batch_size=4, seed=s) for s in (0, 1)]
     elif profile == "classroom":  # the default policy with KL 0 (the paper's effective setting): the reward
         # climbs within ~15 steps; a smaller classifier and review-likeness bank keep the setup short
         base = dict(SMOLLM2_LORA, classifier_max_train=2000, likeness_bank=200, ppo_steps=18, kl_coef=0.0,
