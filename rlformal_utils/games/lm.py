@@ -204,14 +204,15 @@ class _BalancedStop(StoppingCriteria):
 
 
 def generate_middles(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int, greedy: bool = False,
-                     batch_size: int = 16) -> list[dict]:
-    """Sample (or greedily decode) one middle per prompt; pure sampling (top_k 0, top_p 1,
-    temperature 1). Returns per prompt: ``ids`` (the kept response tokens, at least one),
+                     batch_size: int = 16, temperature: float = 1.0) -> list[dict]:
+    """Sample (or greedily decode) one middle per prompt; pure sampling (top_k 0, top_p 1) at
+    ``temperature`` (0 means greedy, like ``greedy=True``). Returns per prompt: ``ids`` (the kept response tokens, at least one),
     ``raw_ids`` (everything generated) and ``middle`` (the kept text, cut where brackets balance).
     Seed torch beforehand for reproducible samples. Runs in eval mode without gradients and
     leaves the model in the mode it was in."""
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    sampling = dict(do_sample=False) if greedy else dict(do_sample=True, top_k=0, top_p=1.0, temperature=1.0)
+    greedy = greedy or temperature == 0
+    sampling = dict(do_sample=False) if greedy else dict(do_sample=True, top_k=0, top_p=1.0, temperature=float(temperature))
     out, device = [], devices.of(model)
     with eval_mode(model):
         for i in range(0, len(prompts), batch_size):
