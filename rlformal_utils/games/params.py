@@ -6,6 +6,7 @@ from ..pretrain import MODEL_SIZES
 from ..pretrained import SMOLLM2
 
 MODELS = (*MODEL_SIZES, SMOLLM2)  # from scratch, then the offline pretrained model; hub ids online
+LORA_RANKS = (0, 1, 2, 4, 8, 16, 32, 64, 128)  # 0: full fine-tuning
 
 PARAMS = [
     Param("output_dir", "../scratch/games", "run folder (the default scratch/ is ignored by git and by the figures)", kind=str, config=False),
@@ -23,10 +24,14 @@ PARAMS = [
           rule=f"one of {list(MODELS)} or a hub causal-LM id (online only)"),
     Param("vocab_size", 512, "from scratch: byte-level BPE trained on the training games", low=300, high=50_000),
     Param("n_positions", 512, "context length; longer prompts are dropped", low=64, high=4096),
+    Param("lora_rank", 0, "SFT: 0 trains every weight; r > 0 trains LoRA adapters of rank r on every linear layer",
+          choices=LORA_RANKS),
     Param("sft_steps", 400, "supervised fine-tuning steps", low=0, high=1_000_000),
     Param("sft_batch_size", 16, "SFT batch", low=1, high=4096),
     Param("sft_lr", 1e-3, "SFT lr, AdamW, cosine", low=1e-8, high=1.0),
     Param("sft_seed", 0, "seed of the model init and the SFT data order", low=0),
+    Param("sft_curve_points", 0, "held-out playable after this many evenly spaced steps of the same SFT; 0: none",
+          low=0, high=50),
     # PPO (trl 0.11.4; the paper: lr 1.41e-5, batch 12, mini-batch 6, no entropy terms)
     Param("ppo_steps", 80, "PPO steps", low=0, high=1_000_000),
     Param("ppo_lr", 1e-4, "PPO lr (paper: 1.41e-5)", low=1e-8, high=1.0),
@@ -46,6 +51,9 @@ PARAMS = [
     Param("reward_workers", 1, "ludax worker processes (0: in this process, no timeout)", low=0, high=64),
     # evaluation
     Param("n_eval", 48, "held-out examples scored per arm, one sampled middle each", low=1, high=100_000),
+    Param("n_heldout_samples", 0, "deciding evaluation: sampled middles per held-out example (+ 1 greedy) at the SFT "
+          "model's best temperature, before and after RL; 0: off", low=0, high=1000),
+    Param("n_sweep_examples", 48, "training-game prompts on which the decoding temperature is chosen", low=1, high=100_000),
     Param("torch_threads", 0, "torch threads, 0 means half the cores (at most 8)", low=0, high=256, config=False),
     Param("device", "auto", "where the models compute: auto picks a CUDA GPU if torch sees one, else the CPU",
           choices=DEVICES, config=False),

@@ -1,0 +1,215 @@
+"""Game model with LoRA, the SFT curve, the deciding evaluation (temperature chosen on training
+prompts, paired bootstrap intervals) and the novelty distance; tiny models and fake rewarders only."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rlformal_utils.games import evaluate as E
+from rlformal_utils.games import fim as F
+from rlformal_utils.games import lm as L
+from rlformal_utils.games import params as P
+from rlformal_utils.params import defaults
+from rlformal_utils.runs import ParameterError
+
+HELD = ["tic_tac_toe", "yavalath", "hex", "wolf_and_sheep"]
+
+
+def _config(**over):
+    c = defaults(P.PARAMS)
+    c.update(model_size="tiny", vocab_size=320, n_positions=256, max_new_tokens=16, sft_steps=30,
+             sft_batch_size=8, sft_lr=5e-3, max_middle_chars=30, context_chars=24)
+    c.update(over)
+    return c
+
+
+@pytest.fixture(scope="module")
+def data():
+    return F.make_data(HELD, 30)
+
+
+# ----------------------------------------------------------------------------- parameters
+@pytest.mark.parametrize("name,value,words", [("lora_rank", 3, "lora_rank=3"), ("lora_rank", -1, "lora_rank=-1"),
+                                              ("model_size", "huge-llm", "model_size")])
+def test_bad_model_settings_stop_naming_the_parameter(name, value, words):
+    values = dict(defaults(P.PARAMS), **{name: value})
+    with pytest.raises(Exception, match=words):  # ParameterError, or OfflineError for an unknown model offline
+        P.check(values)
+
+
+def test_lora_ranks_message_lists_the_allowed_values():
+    with pytest.raises(ParameterError, match=r"\[0, 1, 2, 4, 8, 16, 32, 64, 128\]"):
+        P.check(dict(defaults(P.PARAMS), lora_rank=5))
+
+
+# ----------------------------------------------------------------------------- LoRA SFT
+def test_curve_steps_are_evenly_spaced_and_end_at_the_budget():
+    assert L.curve_steps(30, 3) == [10, 20, 30]
+    assert L.curve_steps(10, 4) == [2, 5, 8, 10]  # rounded: 2.5 -> 2, 7.5 -> 8 (banker's rounding)
+    assert L.curve_steps(30, 0) == [] and L.curve_steps(0, 3) == []
+
+
+def test_default_key_is_unchanged_by_the_new_options(data):
+    key = L.sft_key(_config(), data)
+    assert "lora_rank" not in key and "checkpoints" not in key  # cached full fine-tuning folders stay valid
+    assert L.sft_key(_config(lora_rank=4), data)["lora_rank"] == 4
+
+
+def test_lora_sft_lowers_the_loss_trains_only_adapters_and_is_cached(data, isolated_cache):
+    config = _config(lora_rank=8, sft_curve_points=3)
+    folder = L.sft_model_dir(config, data)
+    losses = [float(x) for x in (folder / "sft_losses.csv").read_text().split()[1:]]
+    assert len(losses) == 30 and np.mean(losses[-5:]) < losses[0] - 0.3
+    assert (folder / "adapter" / "adapter_config.json").exists() and (folder / "base").exists()
+    assert L.sft_info(folder) == dict(model_size="tiny", lora_rank=8, checkpoints=[10, 20, 30])
+    # the base is the untouched initial model; the merged model differs from it
+    base = L.load_base(folder)
+    merged, tok = L.load_sft(folder)
+    from rlformal_utils.pretrain import build_gpt2
+    fresh = build_gpt2("tiny", tok, n_positions=config["n_positions"], seed=config["sft_seed"])
+    for (n, a), b in zip(base.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), n
+    changed = [n for n, a in merged.state_dict().items() if not torch.equal(a, base.state_dict()[n])]
+    assert changed and all(("attn" in n or "mlp" in n) and n.endswith("weight") for n in changed)
+    assert not any("wte" in n or "ln_" in n for n in changed)  # embeddings and norms are frozen
+    # the last checkpoint is the final model; an earlier one is a different model
+    ids = torch.tensor([L.encode_example(tok, data.train[0], 24)[0]])
+    with torch.no_grad():
+        final = merged(ids).logits
+        assert torch.allclose(L.load_checkpoint(folder, 30)(ids).logits, final, atol=1e-4)
+        assert not torch.allclose(L.load_checkpoint(folder, 10)(ids).logits, final, atol=1e-3)
+    with pytest.raises(FileNotFoundError, match="saved: \\[10, 20, 30\\]"):
+        L.load_checkpoint(folder, 15)
+    # a second call builds nothing
+    stamp = (folder / "sft_losses.csv").stat().st_mtime_ns
+    assert L.sft_model_dir(config, data) == folder and (folder / "sft_losses.csv").stat().st_mtime_ns == stamp
+
+
+# ----------------------------------------------------------------------------- bootstrap and paired difference
+def test_bootstrap_interval_of_a_toy_matches_the_hand_worked_one():
+    # 4 examples, one playable: a resampled mean is Binomial(4, 1/4) / 4; P(0) = 0.32 > 2.5 %,
+    # P(>= 3/4) = 0.051 > 2.5 % > P(1) = 0.004, so the 95 % interval is [0, 0.75]
+    assert E.bootstrap_mean([0, 0, 0, 1], n_boot=20000) == (0.25, 0.0, 0.75)
+    assert E.bootstrap_mean([0.3] * 5) == pytest.approx((0.3, 0.3, 0.3))
+    assert E.bootstrap_mean([0, 1], n_boot=20000) == (0.5, 0.0, 1.0)  # means 0, 1/2, 1 with 1/4, 1/2, 1/4
+
+
+def test_paired_difference_pairs_examples_and_resamples_seeds():
+    rng = np.random.default_rng(1)
+    sft = rng.uniform(0, 1, size=(3, 40))  # examples differ a lot ...
+    d = E.paired_difference(sft + 0.1, sft)  # ... but RL adds exactly 0.1 to each: the interval is a point
+    assert (d["diff"], d["low"], d["high"]) == pytest.approx((0.1, 0.1, 0.1))
+    assert d["n_seeds"] == 3 and d["n_examples"] == 40
+    # one seed, per-example differences 0 and 1: the toy above
+    d = E.paired_difference([1, 1], [1, 0], n_boot=20000)
+    assert (d["diff"], d["low"], d["high"]) == (0.5, 0.0, 1.0)
+    # two seeds that disagree completely, examples alike: only resampling the seeds gives an interval
+    d = E.paired_difference([[0, 0], [1, 1]], [0, 0], n_boot=20000)
+    assert (d["diff"], d["low"], d["high"]) == (0.5, 0.0, 1.0)
+
+
+def test_per_example_means_and_arm_summary():
+    rows = []
+    for ex, (sampled, greedy) in enumerate([([1, 1], 1), ([0, 1], 0), ([0, 0], 0)]):
+        for j, p in enumerate(sampled + [greedy]):
+            rows.append(dict(example=ex, sample=j, kind="greedy" if j == 2 else "sampled", playable=bool(p),
+                             compiles=True, reward=0.5 * p, novel=bool(p) and ex == 1,
+                             middle=f"m{ex}{j}" if ex != 2 else "same", description=f"g{ex}{j}"))
+    assert list(E.per_example([r for r in rows if r["kind"] == "sampled"])) == [1.0, 0.5, 0.0]
+    s = E.arm_summary(rows, n_boot=4000)
+    assert s["playable"] == 0.5 and s["compiles"] == 1.0 and s["reward"] == 0.25
+    assert s["greedy_playable"] == pytest.approx(1 / 3) and s["n_examples"] == 3 and s["n_samples"] == 2
+    assert s["novel_playable_games"] == 1 and s["distinct_middles_per_example"] == pytest.approx(5 / 3)
+    assert s["playable_low"] == 0.0 and s["playable_high"] == 1.0
+
+
+# ----------------------------------------------------------------------------- temperature chosen on training prompts
+class _DecodingRewarder:
+    """Playable when a training game is decoded at 0.5, or a held-out game at 1.0."""
+
+    def evaluate(self, games):
+        from rlformal_utils.games.reward import GameResult
+        out = []
+        for g in games:
+            game, t = g.split("|")
+            ok = (game.startswith("train") and float(t) == 0.5) or (game.startswith("held") and float(t) == 1.0)
+            out.append(GameResult("playable" if ok else "no_compile", 0.9 if ok else 0.0))
+        return out
+
+
+def test_temperature_is_chosen_on_training_prompts_only(monkeypatch):
+    seen = []
+
+    def fake_generate(model, tokenizer, prompts, *, max_new_tokens, temperature=1.0, **kw):
+        seen.append((temperature, set(prompts)))
+        return [dict(middle=f"{p}|{temperature}") for p in prompts]
+
+    monkeypatch.setattr(E, "encode_prompt", lambda tok, e, c=0: e.game)
+    monkeypatch.setattr(E, "generate_middles", fake_generate)
+    train = [F.FimExample(f"train{i}", "", "(x)", "", 1) for i in range(3)]
+    held = [F.FimExample(f"held{i}", "", "(x)", "", 1) for i in range(2)]
+    t, table, rows = E.evaluate_at_best_decoding(None, None, train, held, _DecodingRewarder(), set(),
+                                                 dict(context_chars=0, max_new_tokens=8), n_samples=3, arm="sft")
+    assert t == 0.5 and [r["temperature"] for r in table] == [0.0, 0.5, 0.7, 1.0]
+    assert [r["playable_share"] for r in table] == [0.0, 1.0, 0.0, 0.0]
+    sweep_calls = seen[:4]
+    assert all(p == {"train0", "train1", "train2"} for _, p in sweep_calls)
+    assert {tt for tt, _ in seen[4:]} == {0.5, 0.0}  # held-out: sampled at the chosen one, plus greedy
+    assert len(rows) == 2 * 4 and sum(r["kind"] == "greedy" for r in rows) == 2
+    assert not any(r["playable"] for r in rows)  # the held-out favourite (1.0) was never looked at
+
+
+def test_sample_middles_repeats_the_greedy_middle(monkeypatch):
+    calls = []
+
+    def fake_generate(model, tokenizer, prompts, *, max_new_tokens, temperature=1.0, **kw):
+        calls.append(len(prompts))
+        return [dict(middle=f"{p}{i}") for i, p in enumerate(prompts)]
+
+    monkeypatch.setattr(E, "encode_prompt", lambda tok, e, c=0: e.game)
+    monkeypatch.setattr(E, "generate_middles", fake_generate)
+    ex = [F.FimExample(g, "", "(x)", "", 1) for g in "ab"]
+    assert E.sample_middles(None, None, ex, dict(context_chars=0, max_new_tokens=8), 0.0, 3) == [["a0"] * 3, ["b1"] * 3]
+    assert E.sample_middles(None, None, ex, dict(context_chars=0, max_new_tokens=8), 0.7, 2) == [["a0", "a1"], ["b2", "b3"]]
+    assert calls == [2, 4]
+
+
+def test_generate_middles_temperature_zero_is_greedy(data):
+    from rlformal_utils.pretrain import build_gpt2
+    tok = L.train_tokenizer([data.games[g] for g in data.train_games], 320)
+    model = build_gpt2("tiny", tok, n_positions=256, seed=0)
+    prompts = [L.encode_prompt(tok, e, 24) for e in data.heldout[:3]]
+    torch.manual_seed(0)
+    a = [g["middle"] for g in L.generate_middles(model, tok, prompts, max_new_tokens=8, temperature=0)]
+    torch.manual_seed(1)
+    b = [g["middle"] for g in L.generate_middles(model, tok, prompts, max_new_tokens=8, greedy=True)]
+    assert a == b
+
+
+# ----------------------------------------------------------------------------- novelty distance
+def test_edit_distances_are_the_known_ones():
+    from rlformal_utils.games import novelty as N
+    assert N.edit_distance("kitten", "sitting") == 3 and N.edit_distance("", "ab") == 2
+    assert N.edit_distance("flaw", "lawn") == 2 and N.edit_distance(list("abc"), list("abc")) == 0
+    assert N.rule_tokens('(game "x y"\n  (a b))') == ["(", "game", '"x y"', "(", "a", "b", ")", ")"]
+    a, b = N.rule_tokens("(g (a b) (c d))"), N.rule_tokens("(g (a x) (c d e))")
+    assert N.edit_distance(a, b) == 2  # rename b -> x, insert e
+    assert N.edit_distance(a, b, bound=0) > 0
+
+
+def test_nearest_training_game_and_the_most_different():
+    from rlformal_utils.games import novelty as N
+    training = {k: v for k, v in F.bundled_games().items() if k not in HELD}
+    g = training["connect_four"]
+    i = g.index("(", 10)
+    one_token = g.replace("connect_four", "connect_fourx", 1) if "connect_four" in g else g[:i] + "(zzz)" + g[i:]
+    assert N.nearest_game(g, training) == ("connect_four", 0)
+    name, d = N.nearest_game(one_token, training)
+    assert name == "connect_four" and 1 <= d <= 3
+    hex_game = F.bundled_games()["hex"]
+    brute = min((N.edit_distance(N.rule_tokens(hex_game), N.rule_tokens(t)), n) for n, t in training.items())
+    assert N.nearest_game(hex_game, training) == (brute[1], brute[0])  # the early stop changes nothing
+    top = N.most_different([g, one_token, hex_game, g], training, k=2)
+    assert [r["description"] for r in top] == [F.normalise(hex_game), F.normalise(one_token)]
+    assert top[0]["distance"] == brute[0] and top[0]["nearest_training_game"] == brute[1]
