@@ -213,3 +213,47 @@ def test_nearest_training_game_and_the_most_different():
     top = N.most_different([g, one_token, hex_game, g], training, k=2)
     assert [r["description"] for r in top] == [F.normalise(hex_game), F.normalise(one_token)]
     assert top[0]["distance"] == brute[0] and top[0]["nearest_training_game"] == brute[1]
+
+
+# ----------------------------------------------------------------------------- results/games_runs.csv
+def test_committed_runs_still_load_with_the_new_columns():
+    from pathlib import Path
+
+    from rlformal_utils.games import plots
+    results = Path(__file__).resolve().parents[1] / "results" / "games"
+    _, heldout, _ = plots.load_runs(results)
+    table = plots.runs_table(heldout)
+    assert list(table.columns[1:1 + len(plots.RUN_COLUMNS)]) == plots.RUN_COLUMNS and table.columns[0] == "run"
+    row = table.iloc[0]
+    assert row["model"] == "small" and row["algorithm"] == "ppo" and row["n_heldout_samples"] == 1
+    assert row["rl_minus_sft"] == pytest.approx(row["ppo_playable_share"] - row["sft_playable_share"])
+    assert math.isnan(row["rl_minus_sft_low"]) and row["rl_steps"] == row["ppo_steps"]
+    assert row["reward_seconds"] > 0 and row["seconds_per_rl_step"] == row["seconds_per_step"]
+
+
+def test_a_run_with_the_deciding_evaluation_fills_its_columns():
+    from rlformal_utils.games import plots
+    arm = dict(n=4, compile_share=0.5, playable_share=0.5, mean_reward=0.3, exact_share=0.0,
+               novel_playable_share=0.25, novel_playable_games=1)
+    summary = dict(config=dict(seed=2, model_size="smollm2-135m", lora_rank=16, sft_steps=144, ppo_steps=10),
+                   heldout=dict(original=arm, sft=arm, ppo=arm), seconds_per_step=50.0, train_seconds=500.0,
+                   reward_stats=dict(seconds=120.0),
+                   decision=dict(n_heldout_samples=4, sft=dict(playable=0.4, novel=0.2), rl=dict(playable=0.45, novel=0.1),
+                                 rl_minus_sft=0.05, rl_minus_sft_low=-0.02, rl_minus_sft_high=0.12))
+    f = plots.run_fields(summary)
+    assert f == dict(model="smollm2-135m+lora16", algorithm="ppo", sft_steps=144, rl_steps=10, seconds_per_rl_step=50.0,
+                     reward_seconds=120.0, n_heldout_samples=4, sft_playable=0.4, rl_playable=0.45, rl_minus_sft=0.05,
+                     rl_minus_sft_low=-0.02, rl_minus_sft_high=0.12, sft_novel_playable=0.2, rl_novel_playable=0.1)
+
+
+def test_decision_over_seeds_takes_per_run_per_example_arrays():
+    import pandas as pd
+    rows = []
+    for run, shift in (("a", 0.0), ("b", 1.0)):
+        for ex in range(2):
+            for arm, p in (("sft_best", 0), ("rl_best", shift)):
+                rows.append(dict(run=run, arm=arm, kind="sampled", example=ex, playable=p))
+                rows.append(dict(run=run, arm=arm, kind="greedy", example=ex, playable=1 - p))
+    d = E.decision_over_seeds(pd.DataFrame(rows), seed=0)
+    assert (d["diff"], d["n_seeds"], d["n_examples"]) == (0.5, 2, 2)
+    assert (d["low"], d["high"]) == (0.0, 1.0)  # the two runs disagree completely
