@@ -34,7 +34,7 @@ def load_runs(results_dir: str | Path):
     frames, rows, samples = [], [], []
     for run, summary in complete_runs(results_dir):
         cfg = summary["config"]
-        info = dict(run=run.name, setting=setting_label(cfg), seed=cfg["seed"], reward_name=cfg["reward"],
+        info = dict(run=run.name, algorithm=cfg.get("algorithm", "ppo"), setting=setting_label(cfg), seed=cfg["seed"], reward_name=cfg["reward"],
                     judge_name=summary["judge"])
         m = pd.read_csv(run / "metrics.csv").assign(**info)
         frames.append(m)
@@ -59,7 +59,7 @@ def load_runs(results_dir: str | Path):
 
 
 RUN_COLUMNS = {  # tidy per-run table: column -> column of load_runs()
-    "run": "run", "policy": "policy", "lora_rank": "lora_rank", "prompt_format": "prompt_format", "reward": "reward_name",
+    "run": "run", "algorithm": "algorithm", "policy": "policy", "lora_rank": "lora_rank", "prompt_format": "prompt_format", "reward": "reward_name",
     "kl_coef": "kl_coef", "adaptive_kl": "adaptive_kl", "seed": "seed", "steps": "steps", "batch_size": "batch_size",
     "ppo_epochs": "ppo_epochs", "ppo_lr": "ppo_lr", "n_heldout": "before_n",
     "reward_before": "before_reward_mean", "reward_after": "after_reward_mean",
