@@ -257,3 +257,67 @@ def test_decision_over_seeds_takes_per_run_per_example_arrays():
     d = E.decision_over_seeds(pd.DataFrame(rows), seed=0)
     assert (d["diff"], d["n_seeds"], d["n_examples"]) == (0.5, 2, 2)
     assert (d["low"], d["high"]) == (0.0, 1.0)  # the two runs disagree completely
+
+
+# ----------------------------------------------------------------------------- group-relative RL
+@pytest.mark.parametrize("over,words", [(dict(algorithm="group", group_size=5), "group_size=5 is not allowed"),
+                                        (dict(algorithm="group", group_size=1), "group_size=1"),
+                                        (dict(algorithm="grpo"), "algorithm='grpo'")])
+def test_bad_group_settings_stop_naming_the_parameter(over, words):
+    with pytest.raises(ParameterError, match=words):
+        P.check(dict(defaults(P.PARAMS), **over))
+
+
+class _LengthRewarder:
+    """Scores a game by its length (so a group's middles differ in reward); counts like a GameRewarder."""
+    stats = dict(cache_hits=0)
+
+    def evaluate(self, games):
+        from rlformal_utils.games.reward import GameResult
+        return [GameResult("playable", (len(g) % 7) / 7) for g in games]
+
+
+class _Log:
+    def __init__(self):
+        self.rows = []
+
+    def log(self, row):
+        self.rows.append(row)
+
+    def flush(self):
+        pass
+
+
+def test_group_update_keeps_the_frozen_sft_adapter_as_reference(data):
+    from rlformal_utils.games import train as T
+    config = _config(lora_rank=8, sft_curve_points=3, algorithm="group", group_size=2, ppo_batch_size=4,
+                     ppo_mini_batch_size=4, ppo_steps=3, ppo_lr=1e-2, kl_coef=0.1)
+    folder = L.sft_model_dir(config, data)  # cached by the LoRA test above, or built now
+    merged, tok = L.load_sft(folder)
+    trainer = T.make_trainer(config, folder, tok)
+    model = trainer.model
+    ids = torch.tensor([L.encode_example(tok, data.train[3], 24)[0]])
+
+    def logits(context=None):
+        with torch.no_grad():
+            if context is None:
+                return model(input_ids=ids).logits
+            with context:
+                return model(input_ids=ids).logits
+
+    with torch.no_grad():
+        sft = merged(input_ids=ids).logits
+        base = L.load_base(folder)(input_ids=ids).logits
+    assert torch.allclose(logits(trainer.reference()), sft, atol=1e-4)
+    assert not torch.allclose(logits(trainer.reference()), base, atol=1e-2)  # not the adapter-disabled base
+    trained = {id(p) for p in trainer.params}
+    assert trained and all(".default." in n for n, p in model.named_parameters() if id(p) in trained)
+    log = _Log()
+    prompts = T.ppo_prompts(L.fitting(tok, data.train, config), [])
+    T.train(config, trainer, tok, prompts, _LengthRewarder(), set(), log)
+    assert [r["step"] for r in log.rows] == [1, 2, 3]
+    assert abs(log.rows[0]["kl"]) < 1e-5  # the policy starts as its reference
+    assert all(k in log.rows[0] for k in ("reward", "playable_share", "kl", "time_reward", "zero_advantage_groups"))
+    assert not torch.allclose(logits(), sft, atol=1e-3)  # the policy moved ...
+    assert torch.allclose(logits(trainer.reference()), sft, atol=1e-4)  # ... its reference did not
+    assert all(".default." in n for n, p in model.named_parameters() if p.requires_grad)

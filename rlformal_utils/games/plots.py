@@ -10,7 +10,8 @@ from ..figures import band, fmt_mean_sd, mean_sd
 from ..runs import complete_runs
 
 ARMS = ["original", "sft", "ppo"]
-LABELS = {"original": "original middles", "sft": "SFT model", "ppo": "PPO model"}
+LABELS = {"original": "original middles", "sft": "SFT model", "ppo": "PPO model",
+          "sft_best": "SFT model at its best decoding", "rl_best": "RL model at its best decoding"}
 HELDOUT = {"compile_share": "compiles", "playable_share": "playable", "mean_reward": "mean reward",
            "exact_share": "copies original", "novel_playable_share": "novel & playable"}
 TRAINING = {"reward": "mean reward", "playable_share": "share playable", "compile_share": "share that compiles"}
@@ -190,7 +191,7 @@ def samples_markdown(samples: pd.DataFrame, profile: str, n: int = 5) -> str:
     lines = [f"Synthesized games (profile `{profile}`)", ""]
     if samples.empty:
         return "\n".join(lines + ["no samples"]) + "\n"
-    gen = samples[samples["arm"] != "original"].copy()
+    gen = samples[samples["arm"].isin([a for a in LABELS if a != "original"])].copy()
     gen["rank"] = (~gen["novel"].astype(bool)).astype(int) * 2 + (~gen["playable"].astype(bool)).astype(int)
     show = gen.sort_values(["rank", "reward", "run", "game"], ascending=[True, False, True, True])
     for _, r in show.drop_duplicates("description").head(n).iterrows():
