@@ -213,3 +213,111 @@ def test_nearest_training_game_and_the_most_different():
     top = N.most_different([g, one_token, hex_game, g], training, k=2)
     assert [r["description"] for r in top] == [F.normalise(hex_game), F.normalise(one_token)]
     assert top[0]["distance"] == brute[0] and top[0]["nearest_training_game"] == brute[1]
+
+
+# ----------------------------------------------------------------------------- results/games_runs.csv
+def test_committed_runs_still_load_with_the_new_columns():
+    from pathlib import Path
+
+    from rlformal_utils.games import plots
+    results = Path(__file__).resolve().parents[1] / "results" / "games"
+    _, heldout, _ = plots.load_runs(results)
+    table = plots.runs_table(heldout)
+    assert list(table.columns[1:1 + len(plots.RUN_COLUMNS)]) == plots.RUN_COLUMNS and table.columns[0] == "run"
+    row = table.iloc[0]
+    assert row["model"] == "small" and row["algorithm"] == "ppo" and row["n_heldout_samples"] == 1
+    assert row["rl_minus_sft"] == pytest.approx(row["ppo_playable_share"] - row["sft_playable_share"])
+    assert math.isnan(row["rl_minus_sft_low"]) and row["rl_steps"] == row["ppo_steps"]
+    assert row["reward_seconds"] > 0 and row["seconds_per_rl_step"] == row["seconds_per_step"]
+
+
+def test_a_run_with_the_deciding_evaluation_fills_its_columns():
+    from rlformal_utils.games import plots
+    arm = dict(n=4, compile_share=0.5, playable_share=0.5, mean_reward=0.3, exact_share=0.0,
+               novel_playable_share=0.25, novel_playable_games=1)
+    summary = dict(config=dict(seed=2, model_size="smollm2-135m", lora_rank=16, sft_steps=144, ppo_steps=10),
+                   heldout=dict(original=arm, sft=arm, ppo=arm), seconds_per_step=50.0, train_seconds=500.0,
+                   reward_stats=dict(seconds=120.0),
+                   decision=dict(n_heldout_samples=4, sft=dict(playable=0.4, novel=0.2), rl=dict(playable=0.45, novel=0.1),
+                                 rl_minus_sft=0.05, rl_minus_sft_low=-0.02, rl_minus_sft_high=0.12))
+    f = plots.run_fields(summary)
+    assert f == dict(model="smollm2-135m+lora16", algorithm="ppo", sft_steps=144, rl_steps=10, seconds_per_rl_step=50.0,
+                     reward_seconds=120.0, n_heldout_samples=4, sft_playable=0.4, rl_playable=0.45, rl_minus_sft=0.05,
+                     rl_minus_sft_low=-0.02, rl_minus_sft_high=0.12, sft_novel_playable=0.2, rl_novel_playable=0.1)
+
+
+def test_decision_over_seeds_takes_per_run_per_example_arrays():
+    import pandas as pd
+    rows = []
+    for run, shift in (("a", 0.0), ("b", 1.0)):
+        for ex in range(2):
+            for arm, p in (("sft_best", 0), ("rl_best", shift)):
+                rows.append(dict(run=run, arm=arm, kind="sampled", example=ex, playable=p))
+                rows.append(dict(run=run, arm=arm, kind="greedy", example=ex, playable=1 - p))
+    d = E.decision_over_seeds(pd.DataFrame(rows), seed=0)
+    assert (d["diff"], d["n_seeds"], d["n_examples"]) == (0.5, 2, 2)
+    assert (d["low"], d["high"]) == (0.0, 1.0)  # the two runs disagree completely
+
+
+# ----------------------------------------------------------------------------- group-relative RL
+@pytest.mark.parametrize("over,words", [(dict(algorithm="group", group_size=5), "group_size=5 is not allowed"),
+                                        (dict(algorithm="group", group_size=1), "group_size=1"),
+                                        (dict(algorithm="grpo"), "algorithm='grpo'")])
+def test_bad_group_settings_stop_naming_the_parameter(over, words):
+    with pytest.raises(ParameterError, match=words):
+        P.check(dict(defaults(P.PARAMS), **over))
+
+
+class _LengthRewarder:
+    """Scores a game by its length (so a group's middles differ in reward); counts like a GameRewarder."""
+    stats = dict(cache_hits=0)
+
+    def evaluate(self, games):
+        from rlformal_utils.games.reward import GameResult
+        return [GameResult("playable", (len(g) % 7) / 7) for g in games]
+
+
+class _Log:
+    def __init__(self):
+        self.rows = []
+
+    def log(self, row):
+        self.rows.append(row)
+
+    def flush(self):
+        pass
+
+
+def test_group_update_keeps_the_frozen_sft_adapter_as_reference(data):
+    from rlformal_utils.games import train as T
+    config = _config(lora_rank=8, sft_curve_points=3, algorithm="group", group_size=2, ppo_batch_size=4,
+                     ppo_mini_batch_size=4, ppo_steps=3, ppo_lr=1e-2, kl_coef=0.1)
+    folder = L.sft_model_dir(config, data)  # cached by the LoRA test above, or built now
+    merged, tok = L.load_sft(folder)
+    trainer = T.make_trainer(config, folder, tok)
+    model = trainer.model
+    ids = torch.tensor([L.encode_example(tok, data.train[3], 24)[0]])
+
+    def logits(context=None):
+        with torch.no_grad():
+            if context is None:
+                return model(input_ids=ids).logits
+            with context:
+                return model(input_ids=ids).logits
+
+    with torch.no_grad():
+        sft = merged(input_ids=ids).logits
+        base = L.load_base(folder)(input_ids=ids).logits
+    assert torch.allclose(logits(trainer.reference()), sft, atol=1e-4)
+    assert not torch.allclose(logits(trainer.reference()), base, atol=1e-2)  # not the adapter-disabled base
+    trained = {id(p) for p in trainer.params}
+    assert trained and all(".default." in n for n, p in model.named_parameters() if id(p) in trained)
+    log = _Log()
+    prompts = T.ppo_prompts(L.fitting(tok, data.train, config), [])
+    T.train(config, trainer, tok, prompts, _LengthRewarder(), set(), log)
+    assert [r["step"] for r in log.rows] == [1, 2, 3]
+    assert abs(log.rows[0]["kl"]) < 1e-5  # the policy starts as its reference
+    assert all(k in log.rows[0] for k in ("reward", "playable_share", "kl", "time_reward", "zero_advantage_groups"))
+    assert not torch.allclose(logits(), sft, atol=1e-3)  # the policy moved ...
+    assert torch.allclose(logits(trainer.reference()), sft, atol=1e-4)  # ... its reference did not
+    assert all(".default." in n for n, p in model.named_parameters() if p.requires_grad)

@@ -230,3 +230,46 @@ def evaluate_at_best_decoding(model, tokenizer, train_examples: list[FimExample]
                                             temperatures, 1, seed)
     rows = heldout_rows(model, tokenizer, heldout_examples, rewarder, known, config, temperature, n_samples, arm, seed)
     return temperature, table, rows
+
+
+def sft_curve(sft_dir, tokenizer, examples: list[FimExample], rewarder, known: set[str], config: dict,
+              device="cpu", seed: int = 0) -> list[dict]:
+    """Held-out shares of the SFT checkpoints (``sft_curve_points``): per checkpoint one middle
+    sampled at temperature 1 and one greedy middle per example."""
+    from .lm import load_checkpoint, sft_info
+    out = []
+    for step in sft_info(sft_dir)["checkpoints"]:
+        model = load_checkpoint(sft_dir, step, device)
+        s = arm_summary(heldout_rows(model, tokenizer, examples, rewarder, known, config, 1.0, 1, "sft_curve", seed))
+        out.append(dict(step=step, playable=s["playable"], playable_low=s["playable_low"],
+                        playable_high=s["playable_high"], greedy_playable=s["greedy_playable"],
+                        compiles=s["compiles"], novel=s["novel"]))
+        del model
+    return out
+
+
+def decision(sft_rows: list[dict], rl_rows: list[dict], sft_temperature: float, rl_temperature: float,
+             seed: int = 0) -> dict:
+    """One run's deciding comparison: both arms summarised and RL - SFT (playable, sampled middles) paired over examples."""
+    pick = lambda rows: [r for r in rows if r["kind"] == "sampled"]
+    diff = paired_difference(per_example(pick(rl_rows)), per_example(pick(sft_rows)), seed=seed)
+    return dict(sft_temperature=sft_temperature, rl_temperature=rl_temperature,
+                n_heldout_samples=arm_summary(sft_rows)["n_samples"], sft=arm_summary(sft_rows, seed=seed),
+                rl=arm_summary(rl_rows, seed=seed), rl_minus_sft=diff["diff"], rl_minus_sft_low=diff["low"],
+                rl_minus_sft_high=diff["high"])
+
+
+def decision_over_seeds(samples, sft_arm: str = "sft_best", rl_arm: str = "rl_best", seed: int = 0) -> dict:
+    """RL - SFT over several runs (a samples frame with ``run``, ``arm``, ``kind``, ``example``,
+    ``playable``): per-run per-example playable shares, bootstrapped over examples, then over runs."""
+    s = samples[samples["kind"] == "sampled"]
+    rl, sft = [], []
+    for _, g in s.groupby("run"):
+        a, b = g[g["arm"] == rl_arm], g[g["arm"] == sft_arm]
+        if a.empty or b.empty:
+            continue
+        rl.append(per_example(a.to_dict("records")))
+        sft.append(per_example(b.to_dict("records")))
+    if not rl:
+        raise ValueError(f"no run has both {sft_arm!r} and {rl_arm!r} samples")
+    return paired_difference(np.array(rl), np.array(sft), seed=seed)
