@@ -65,7 +65,10 @@ def test_the_classifier_tells_reviews_from_other_text_and_sees_collapse_and_drif
     assert collapse["before"] == drift["before"]   # the same base-model responses
     assert collapse["after"] <= collapse["before"] - 0.15, collapse
     assert drift["after"] <= drift["before"] - 0.05, drift
-    print(O.check_text(ontask, RESULTS))
+    table = plots.runs_table(plots.load_runs(RESULTS, ontask=lambda config: ontask, n_boot=50)[1])
+    text = O.check_text(ontask.metrics, table)
+    assert f"smollm2-135m-lora16_kl0_s0: review share {collapse['before']:.2f} before -> {collapse['after']:.2f} after" in text
+    print(text)
 
 
 # ----------------------------------------------------------------------------- the evaluation

@@ -43,9 +43,9 @@ def algorithm_of(config: dict) -> str:
 def load_runs(results_dir: str | Path, ontask=None, n_boot: int = 1000):
     """All complete sentiment runs: (per-step metrics, one row per run, held-out samples).
 
-    With ``ontask`` (the review-vs-other classifier), runs whose ``eval_samples.csv`` has no
-    ``review_before`` / ``review_after`` column get it from the texts, and their review share
-    from it. Each run's row also holds the 95 % paired-bootstrap intervals (``n_boot`` resamples of
+    With ``ontask`` (a function of a run's config giving its review-vs-other classifier, such as
+    ``ontask.ontask_for``), runs whose ``eval_samples.csv`` has no ``review_before`` /
+    ``review_after`` column get it from the texts, and their review share from it. Each run's row also holds the 95 % paired-bootstrap intervals (``n_boot`` resamples of
     its held-out prompts, seed 0) of the reward gain, the judge's positive share after PPO, the
     perplexity ratio and the review share after PPO (``<measure>_lo`` / ``_hi``)."""
     from .intervals import interval_columns
@@ -72,7 +72,7 @@ def load_runs(results_dir: str | Path, ontask=None, n_boot: int = 1000):
             if ontask is not None:
                 for when in ("before", "after"):
                     if f"review_{when}" not in s:
-                        s[f"review_{when}"] = ontask(s[f"text_{when}"].fillna("").astype(str).tolist())
+                        s[f"review_{when}"] = ontask(cfg)(s[f"text_{when}"].fillna("").astype(str).tolist())
             for when in ("before", "after"):
                 if f"review_{when}" in s and f"{when}_review_share" not in row:
                     row[f"{when}_review_share"] = float(s[f"review_{when}"].astype(float).mean())
