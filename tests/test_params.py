@@ -109,6 +109,8 @@ def _cross_rules():
          "parameter likeness_k=5 is not allowed: it must be an integer in [1, 4] (at most likeness_bank)"),
         ("sentiment", dict(ppo_batch_size=16, ppo_mini_batch_size=6),
          "parameter ppo_mini_batch_size=6 must divide ppo_batch_size=16"),
+        ("sentiment", dict(algorithm="group", ppo_batch_size=16, group_size=6),
+         "parameter group_size=6 must divide ppo_batch_size=16 (the responses of a step)"),
         ("sentiment", dict(lora_rank=16, kl_mode="policy"),
          "parameter kl_mode='policy' is not allowed with lora_rank > 0: the KL reference of a LoRA policy is the "
          "base model with the adapter disabled; use kl_coef=0 for no KL"),
@@ -144,6 +146,8 @@ def _allowed_edges():
         ("sentiment", dict(prompt_min_tokens=5, prompt_max_tokens=5, response_min_tokens=6, response_max_tokens=6)),
         ("sentiment", dict(likeness_bank=5, likeness_k=5)),
         ("sentiment", dict(ppo_batch_size=16, ppo_mini_batch_size=8)),
+        ("sentiment", dict(algorithm="group", ppo_batch_size=16, group_size=16, ppo_mini_batch_size=16)),
+        ("sentiment", dict(algorithm="ppo", ppo_batch_size=16, group_size=6)),  # PPO ignores the group size
         ("sentiment", dict(lora_rank=0, kl_mode="policy")),
         ("sentiment", dict(policy="rt-gpt2", prompt_format="instruction")),
         ("sentiment", dict(reward="vader", judge="minilm-logreg")),
@@ -179,7 +183,7 @@ def test_every_check_rule_has_a_case_here():
     import ast
     import inspect
     import importlib
-    expected = {"arithmetic": 4, "sentiment": 6, "games": 4}
+    expected = {"arithmetic": 4, "sentiment": 7, "games": 4}
     for experiment, n in expected.items():
         source = inspect.getsource(importlib.import_module(f"rlformal_utils.{experiment}.params").check)
         raises = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Raise)]

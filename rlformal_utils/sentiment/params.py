@@ -14,6 +14,9 @@ from .reward import OFFLINE_REWARDS
 from .sampling import PROMPT_FORMATS, prompt_lengths  # noqa: F401 (prompt_lengths: read from here too)
 
 
+ALGORITHMS = ("ppo", "group")
+
+
 @dataclass(frozen=True)
 class HubName(Param):
     """A name that is an offline default or, online, a hub id (offline: only when already cached)."""
@@ -71,16 +74,25 @@ PARAMS = [
     Param("top_p", 1.0, "nucleus cut of sampling, 1 means none", low=1e-6, high=1.0),
     Param("temperature", 1.0, "sampling temperature", low=1e-3, high=100.0),
     # PPO (trl 0.11.4's PPOTrainer)
-    Param("ppo_steps", 24, "PPO steps (the paper: about 100 at batch 256)", low=0),
+    Param("ppo_steps", 24, "update steps, PPO or group (the paper: about 100 at batch 256)", low=0),
     Param("ppo_lr", 1e-3, "Adam lr (the paper: 1.41e-5, full fine-tuning; LoRA needs more)", low=0.0, high=1.0),
-    Param("ppo_batch_size", 16, "prompts per PPO step (the paper: 256)", low=2),
-    Param("ppo_mini_batch_size", 4, "prompts per gradient update, divides the batch (paper: 256)", low=1),
+    Param("ppo_batch_size", 16, "sampled responses per step, one per prompt for PPO (the paper: 256)", low=2),
+    Param("ppo_mini_batch_size", 4, "responses per gradient update, divides the batch (paper: 256)", low=1),
     Param("ppo_epochs", 1, "passes over each batch (the paper: 4)", low=1),
     Param("kl_mode", "frozen", "full fine-tuning's reference: a frozen copy, or policy (KL 0)",
           choices=KL_MODES),
     Param("kl_coef", 0.2, "KL coefficient, 0 means no KL penalty (trl's default: 0.2)", low=0.0, high=10.0),
     Param("adaptive_kl", False, "trl's adaptive KL control (target 6 nats) from kl_coef",
           choices=(True, False)),
+    # the update: trl's PPO, or the group-relative update (rlformal_utils.group_lm: no value head)
+    Param("algorithm", "ppo", "ppo: trl's PPOTrainer; group: k responses per prompt, group-relative advantages",
+          choices=ALGORITHMS),
+    Param("group_size", 4, "group only: responses per prompt k, a divisor of ppo_batch_size",
+          low=2, high=256),
+    Param("group_epochs", 1, "group only: passes over each batch of responses", low=1, high=10),
+    Param("clip", 0.2, "group only: ratio clipping (PPO's cliprange)", low=0.01, high=1.0),
+    Param("entropy_coef", 0.0, "group only: weight of the first-token batch entropy bonus, 0 means off",
+          low=0.0, high=10.0),
     # evaluation
     Param("n_heldout", 128, "prompts from held-out movies, one sampled response each", low=1, high=100_000),
     Param("eval_every", 0, "held-out evaluation every this many steps (0: before/after only)", low=0),
@@ -106,6 +118,9 @@ def check(values: dict) -> dict:
     if config["likeness_k"] > config["likeness_bank"]:
         raise ParameterError(f"parameter likeness_k={config['likeness_k']!r} is not allowed: it must be an integer "
                              f"in [1, {config['likeness_bank']}] (at most likeness_bank)")
+    if config["algorithm"] == "group" and config["ppo_batch_size"] % config["group_size"]:
+        raise ParameterError(f"parameter group_size={config['group_size']} must divide "
+                             f"ppo_batch_size={config['ppo_batch_size']} (the responses of a step)")
     if config["ppo_batch_size"] % config["ppo_mini_batch_size"]:
         raise ParameterError(f"parameter ppo_mini_batch_size={config['ppo_mini_batch_size']} must divide "
                              f"ppo_batch_size={config['ppo_batch_size']}")

