@@ -192,7 +192,7 @@ def test_findings_give_intervals_seed_counts_and_targets_per_algorithm():
     assert "perplexity ratio 1.30 [" in lines[0] and "(target <= 1.5: 2/2 seeds)" in lines[0]
     assert "review share 0.50" in lines[0]
     # group: gains 2.2, 3.0, 2.4, judge 0.75, 0.85, 0.95, ratio 1.2, 1.4, 1.6
-    assert lines[1].startswith("- group-relative, p, reward minilm-logreg, KL 0.2 (3 seeds;")
+    assert lines[1].startswith("- group-relative, p, reward minilm-logreg, KL 0.2, k4 (3 seeds;")
     assert "(target >= 2: 3/3 seeds)" in lines[1] and "(target >= 0.8: 2/3 seeds)" in lines[1]
     assert "(target <= 1.5: 2/3 seeds)" in lines[1]
 
