@@ -113,8 +113,16 @@ class Data:
     def max_share(self, name: str) -> list[float]:
         return [r["heldout"].get("eval_max_share", float("nan")) for r in self.arm(name)]
 
-    def sentiment_rows(self, kl: float) -> list[dict]:
-        return [r for r in self.sentiment if float(r["kl_coef"]) == kl]
+    def sentiment_rows(self, kl: float, algorithm: str = "ppo") -> list[dict]:
+        """The sentiment runs of one KL coefficient and algorithm (a run that names none is PPO)."""
+        return [r for r in self.sentiment if float(r["kl_coef"]) == kl and sentiment_algorithm(r) == algorithm]
+
+
+def sentiment_algorithm(row: dict) -> str:
+    return row.get("algorithm") or "ppo"
+
+
+SENTIMENT_ALGORITHMS = {"ppo": "PPO", "group": "group-relative"}
 
 
 # Arms the findings read (quick unless prefixed long:).
@@ -225,7 +233,10 @@ def glance(d: Data) -> str:
                  f"reward gain {pm(gain, 2, unit=' logits')} at KL 0.2 (TRL's GPT-2 run: +{TRL_SENTIMENT_GAIN}); "
                  f"judge's positive share {mean(num(main, 'judge_positive_before'))} -> "
                  f"{pm(num(main, 'judge_positive_after'), 2, False)}; perplexity "
-                 f"{pm(num(main, 'perplexity_ratio'), 2, False, unit='x')} the base model's",
+                 f"{pm(num(main, 'perplexity_ratio'), 2, False, unit='x')} the base model's"
+                 + "".join(f"; {SENTIMENT_ALGORITHMS.get(a, a)} update: gain {pm(num(rows, 'reward_gain'), 2)}, "
+                           f"perplexity {pm(num(rows, 'perplexity_ratio'), 2, False, unit='x')}"
+                           for a, kl, rows in sentiment_settings(d) if a != "ppo" and kl == 0.2),
                  sentiment_verdict(main), "sentiment_kl_sweep.png", "sentiment.ipynb"))
     # 3. arithmetic collapses onto a naive answer
     rows.append(("Arithmetic: pure RL collapses onto a naive answer",
@@ -351,17 +362,43 @@ def arithmetic(d: Data) -> str:
     return "\n".join(out) if out else "No arithmetic runs in results/."
 
 
+def ci(rows: list[dict], col: str, digits: int = 2, signed: bool = False, unit: str = "") -> str:
+    """The mean over seeds with its 95 % t-interval; one seed: its 95 % bootstrap interval over the
+    held-out prompts (``<col>_lo`` / ``_hi`` of sentiment_runs.csv) when it has one."""
+    from .sentiment.intervals import fmt_interval, t_interval
+    m, lo, hi, n = t_interval(num(rows, col))
+    if not n:
+        return "n/a"
+    if n == 1 and num(rows, f"{col}_lo") and num(rows, f"{col}_hi"):
+        lo, hi = num(rows, f"{col}_lo")[0], num(rows, f"{col}_hi")[0]
+    return fmt_interval(m, lo, hi, digits, signed, unit)
+
+
+def sentiment_settings(d: Data) -> list[tuple[str, float, list[dict]]]:
+    """(algorithm, KL coefficient, runs) of every sentiment setting, PPO first."""
+    keys = sorted({(sentiment_algorithm(r), float(r["kl_coef"])) for r in d.sentiment}, key=lambda k: (k[0] != "ppo", k))
+    return [(a, kl, d.sentiment_rows(kl, a)) for a, kl in keys]
+
+
 def sentiment_table(d: Data) -> str:
-    """One row per KL coefficient: before -> after, mean ± sd over seeds."""
-    out = ["| KL coefficient | seeds | reward before -> after | reward gain | judge positive before -> after | "
-           "perplexity ratio | distinct-2 after | KL at the end (nats) |", "|---|---|---|---|---|---|---|---|"]
-    for kl in sorted({float(r["kl_coef"]) for r in d.sentiment}):
-        rows = d.sentiment_rows(kl)
-        out.append(f"| {kl:g} | {len(rows)} | {mean(num(rows, 'reward_before'))} -> "
-                   f"{pm(num(rows, 'reward_after'), 2, False)} | {pm(num(rows, 'reward_gain'), 2, False)} | "
-                   f"{mean(num(rows, 'judge_positive_before'))} -> {pm(num(rows, 'judge_positive_after'), 2, False)} | "
-                   f"{pm(num(rows, 'perplexity_ratio'), 2, False)}x | {pm(num(rows, 'distinct_2_after'), 2, False)} "
-                   f"(before {mean(num(rows, 'distinct_2_before'))}) | {pm(num(rows, 'final_kl'), 1, False)} |")
+    """One row per algorithm and KL coefficient: before -> after, each after-training number as the
+    mean over seeds with its 95 % interval, and how many seeds meet each target."""
+    out = ["| update | KL coefficient | seeds | reward gain | judge positive before -> after | perplexity ratio | "
+           "review share before -> after | distinct-2 after | KL at the end (nats) | seeds meeting gain / judge / "
+           "ratio / all |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for algorithm, kl, rows in sentiment_settings(d):
+        met = [sum(float(r["reward_gain"]) >= 2.0 for r in rows), sum(float(r["judge_positive_after"]) >= 0.8 for r in rows),
+               sum(float(r["perplexity_ratio"]) <= 1.5 for r in rows), sum(all_targets(r) for r in rows)]
+        review = (f"{mean(num(rows, 'review_share_before'))} -> {ci(rows, 'review_share_after')}"
+                  if num(rows, "review_share_after") else "n/a")
+        out.append(f"| {SENTIMENT_ALGORITHMS.get(algorithm, algorithm)} | {kl:g} | {len(rows)} | "
+                   f"{ci(rows, 'reward_gain', signed=True)} | {mean(num(rows, 'judge_positive_before'))} -> "
+                   f"{ci(rows, 'judge_positive_after')} | {ci(rows, 'perplexity_ratio', unit='x')} | {review} | "
+                   f"{pm(num(rows, 'distinct_2_after'), 2, False)} (before {mean(num(rows, 'distinct_2_before'))}) | "
+                   f"{pm(num(rows, 'final_kl'), 1, False)} | {' / '.join(f'{m}/{len(rows)}' for m in met)} |")
+    out.append("")
+    out.append("Intervals: 95 % t-interval of the mean over seeds; for one seed, 95 % paired bootstrap over its "
+               "held-out prompts (1000 resamples). Targets: gain >= +2.0, judge >= 0.8, perplexity ratio <= 1.5x.")
     return "\n".join(out)
 
 
@@ -380,23 +417,40 @@ def sentiment(d: Data) -> str:
     out = []
     zero, main, high = d.sentiment_rows(0.0), d.sentiment_rows(0.2), d.sentiment_rows(0.6)
     if zero:
+        review = (f", and only {ci(zero, 'review_share_after')} of them are judged reviews "
+                  f"(base model: {mean(num(zero, 'review_share_before'))})" if num(zero, "review_share_after") else "")
         out.append(f"- **KL 0 (the paper's effective setting) is reward hacking**: gain {pm(num(zero, 'reward_gain'), 2, False)}, "
                    f"judge {pm(num(zero, 'judge_positive_after'), 2, False)}, but perplexity "
                    f"{pm(num(zero, 'perplexity_ratio'), 2, False)}x and distinct-2 {pm(num(zero, 'distinct_2_after'), 2, False)}: "
-                   f"the responses repeat themselves far more than the base model's.")
+                   f"the responses repeat themselves far more than the base model's{review}.")
     if main:
         out.append(f"- **KL 0.2 moves the reward as much as TRL's run, and drifts.** Gain >= +2.0 in "
                    f"{_meets(num(main, 'reward_gain'), lambda v: v >= 2.0)}; judge >= 0.8 in "
                    f"{_meets(num(main, 'judge_positive_after'), lambda v: v >= 0.8)}; perplexity ratio <= 1.5x in "
                    f"{_meets(num(main, 'perplexity_ratio'), lambda v: v <= 1.5)}; all three targets in "
-                   f"{sum(all_targets(r) for r in d.sentiment)} of {len(d.sentiment)} runs of the sweep.")
+                   f"{sum(all_targets(r) for r in d.sentiment)} of {len(d.sentiment)} runs. With {len(main)} seeds "
+                   f"the mean gain is {ci(main, 'reward_gain', signed=True)} (95 % t-interval).")
     if high:
         out.append(f"- **KL 0.6 barely moves** in 24 steps: gain {pm(num(high, 'reward_gain'), 2, False)}, "
                    f"judge {pm(num(high, 'judge_positive_after'), 2, False)}.")
+    for algorithm, kl, rows in sentiment_settings(d):
+        if algorithm == "ppo":
+            continue
+        name = SENTIMENT_ALGORITHMS.get(algorithm, algorithm)
+        out.append(f"- **{name[0].upper() + name[1:]} update, KL {kl:g}** ({len(rows)} seed{'s' if len(rows) > 1 else ''}): "
+                   f"gain {ci(rows, 'reward_gain', signed=True)}, judge {ci(rows, 'judge_positive_after')}, perplexity "
+                   f"ratio {ci(rows, 'perplexity_ratio', unit='x')}, review share {ci(rows, 'review_share_after')}; "
+                   f"all three targets in {sum(all_targets(r) for r in rows)} of {len(rows)} seeds.")
     sims = num(d.sentiment, "review_similarity_after")
     if sims:
         out.append(f"- **Review-likeness does not see the drift** (MiniLM similarity to real snippets: "
                    f"{min(sims):.2f}-{max(sims):.2f} in every run); perplexity and distinct-2 do.")
+    if num(d.sentiment, "review_share_after"):
+        per = "; ".join(f"{SENTIMENT_ALGORITHMS.get(a, a)} at KL {kl:g} {seeds_text(num(rows, 'review_share_after'), 2)}"
+                        for a, kl, rows in sentiment_settings(d) if num(rows, "review_share_after"))
+        out.append(f"- **Still reviews?** The review-vs-other classifier judges {mean(num(d.sentiment, 'review_share_before'))} "
+                   f"of the base model's held-out texts (review start + response) to be reviews; after training: {per} "
+                   f"(one number per seed).")
     return "\n".join(out) if out else "No sentiment runs in results/."
 
 

@@ -65,7 +65,10 @@ def test_the_classifier_tells_reviews_from_other_text_and_sees_collapse_and_drif
     assert collapse["before"] == drift["before"]   # the same base-model responses
     assert collapse["after"] <= collapse["before"] - 0.15, collapse
     assert drift["after"] <= drift["before"] - 0.05, drift
-    print(O.check_text(ontask, RESULTS))
+    table = plots.runs_table(plots.load_runs(RESULTS, ontask=lambda config: ontask, n_boot=50)[1])
+    text = O.check_text(ontask.metrics, table)
+    assert f"smollm2-135m-lora16_kl0_s0: review share {collapse['before']:.2f} before -> {collapse['after']:.2f} after" in text
+    print(text)
 
 
 # ----------------------------------------------------------------------------- the evaluation
@@ -189,7 +192,7 @@ def test_findings_give_intervals_seed_counts_and_targets_per_algorithm():
     assert "perplexity ratio 1.30 [" in lines[0] and "(target <= 1.5: 2/2 seeds)" in lines[0]
     assert "review share 0.50" in lines[0]
     # group: gains 2.2, 3.0, 2.4, judge 0.75, 0.85, 0.95, ratio 1.2, 1.4, 1.6
-    assert lines[1].startswith("- group-relative, p, reward minilm-logreg, KL 0.2 (3 seeds;")
+    assert lines[1].startswith("- group-relative, p, reward minilm-logreg, KL 0.2, k4 (3 seeds;")
     assert "(target >= 2: 3/3 seeds)" in lines[1] and "(target >= 0.8: 2/3 seeds)" in lines[1]
     assert "(target <= 1.5: 2/3 seeds)" in lines[1]
 

@@ -208,6 +208,19 @@ def make_ontask(data: str = "rotten_tomatoes", heldout_fraction: float = 0.2, ma
                             encoder)
 
 
+_LOADED: dict = {}
+
+
+def ontask_for(config: dict, cache_dir=None) -> OnTaskClassifier:
+    """The on-task classifier of a run's configuration (``data``, ``heldout_fraction``,
+    ``classifier_max_train``), loaded once per process."""
+    key = (config.get("data", "rotten_tomatoes"), config.get("heldout_fraction", 0.2),
+           config.get("classifier_max_train", 0), str(cache_dir))
+    if key not in _LOADED:
+        _LOADED[key] = make_ontask(*key[:3], cache_dir=cache_dir)
+    return _LOADED[key]
+
+
 def review_shares(classifier: OnTaskClassifier, samples: pd.DataFrame) -> dict:
     """The share of review start + response judged a review, before and after PPO, in one run's
     ``eval_samples.csv`` (columns ``text_before`` and ``text_after``)."""
@@ -215,17 +228,18 @@ def review_shares(classifier: OnTaskClassifier, samples: pd.DataFrame) -> dict:
             for when in ("before", "after")}
 
 
-def check_text(classifier: OnTaskClassifier, results_dir=None) -> str:
-    """The classifier's check in a few lines: the held-out numbers stored with it and, for every run
-    under ``results_dir``, the share of its held-out texts judged reviews before and after PPO."""
-    m = classifier.metrics
+def check_text(metrics: dict, table: pd.DataFrame | None = None) -> str:
+    """The classifier's check in a few lines: its held-out numbers (``metrics``) and, per run of
+    ``table`` (``sentiment_runs.csv``), the share of its held-out texts judged reviews before and
+    after training."""
+    m = metrics
     by_source = ", ".join(f"{s} {v:.2f}" for s, v in m["heldout_other_share_by_source"].items())
     lines = [f"review-vs-other classifier ({m['n_train']:,} train texts): held-out accuracy {m['heldout_accuracy']:.3f}; "
              f"judged reviews: {m['heldout_review_share']:.2f} of real reviews of held-out movies (80 characters), "
              f"{m['heldout_other_share']:.2f} of held-out non-review text ({by_source}); review start + review "
              f"{m['heldout_spliced_review_share']:.2f}, review start + other text {m['heldout_spliced_other_share']:.2f}"]
-    if results_dir is not None:
-        for run in sorted(Path(results_dir).glob("*/eval_samples.csv")):
-            s = review_shares(classifier, pd.read_csv(run))
-            lines.append(f"{run.parent.name}: review share {s['before']:.2f} before PPO -> {s['after']:.2f} after")
+    if table is not None and "review_share_after" in table:
+        for _, r in table.dropna(subset=["review_share_after"]).iterrows():
+            lines.append(f"{r['run']}: review share {r['review_share_before']:.2f} before -> "
+                         f"{r['review_share_after']:.2f} after")
     return "\n".join(lines)

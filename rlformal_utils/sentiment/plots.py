@@ -25,9 +25,22 @@ def setting_label(config: dict) -> str:
     label = f"{policy}, reward {config['reward']}"
     if config.get("kl_mode", "frozen") != "frozen":
         label += f", KL ref = {config['kl_mode']}"
-    label += f", KL {config.get('kl_coef', 0.2):g}" + (" adaptive" if config.get("adaptive_kl", True) else "")
-    if algorithm_of(config) != "ppo":
-        label += f", {ALGORITHMS.get(algorithm_of(config), algorithm_of(config))}"
+    return f"{label}, {update_label(config)}"
+
+
+def update_label(config: dict) -> str:
+    """What the update did, apart from policy and reward: ``KL 0.2`` for PPO (``adaptive`` with trl's
+    controller); the group-relative update adds its name and every setting other than its defaults:
+    ``KL 0.05, group-relative k4, entropy 0.1``."""
+    label = f"KL {config.get('kl_coef', 0.2):g}" + (" adaptive" if config.get("adaptive_kl", True) else "")
+    algorithm = algorithm_of(config)
+    if algorithm == "ppo":
+        return label
+    label += f", {ALGORITHMS.get(algorithm, algorithm)} k{config.get('group_size', 4)}"
+    for key, name, default in [("group_epochs", "epochs", 1), ("entropy_coef", "entropy", 0.0),
+                               ("ppo_lr", "lr", 1e-3), ("ppo_batch_size", "batch", 16)]:
+        if config.get(key, default) != default:
+            label += f", {name} {config[key]:g}"
     return label
 
 
@@ -43,9 +56,9 @@ def algorithm_of(config: dict) -> str:
 def load_runs(results_dir: str | Path, ontask=None, n_boot: int = 1000):
     """All complete sentiment runs: (per-step metrics, one row per run, held-out samples).
 
-    With ``ontask`` (the review-vs-other classifier), runs whose ``eval_samples.csv`` has no
-    ``review_before`` / ``review_after`` column get it from the texts, and their review share
-    from it. Each run's row also holds the 95 % paired-bootstrap intervals (``n_boot`` resamples of
+    With ``ontask`` (a function of a run's config giving its review-vs-other classifier, such as
+    ``ontask.ontask_for``), runs whose ``eval_samples.csv`` has no ``review_before`` /
+    ``review_after`` column get it from the texts, and their review share from it. Each run's row also holds the 95 % paired-bootstrap intervals (``n_boot`` resamples of
     its held-out prompts, seed 0) of the reward gain, the judge's positive share after PPO, the
     perplexity ratio and the review share after PPO (``<measure>_lo`` / ``_hi``)."""
     from .intervals import interval_columns
@@ -53,7 +66,7 @@ def load_runs(results_dir: str | Path, ontask=None, n_boot: int = 1000):
     for run, summary in complete_runs(results_dir):
         cfg = summary["config"]
         info = dict(run=run.name, setting=setting_label(cfg), seed=cfg["seed"], reward_name=cfg["reward"],
-                    judge_name=summary["judge"], algorithm=algorithm_of(cfg))
+                    judge_name=summary["judge"], algorithm=algorithm_of(cfg), update=update_label(cfg))
         m = pd.read_csv(run / "metrics.csv").assign(**info)
         frames.append(m)
         row = dict(info, policy=summary.get("policy_label", cfg["policy"]), lora_rank=cfg.get("lora_rank", 0),
@@ -72,7 +85,7 @@ def load_runs(results_dir: str | Path, ontask=None, n_boot: int = 1000):
             if ontask is not None:
                 for when in ("before", "after"):
                     if f"review_{when}" not in s:
-                        s[f"review_{when}"] = ontask(s[f"text_{when}"].fillna("").astype(str).tolist())
+                        s[f"review_{when}"] = ontask(cfg)(s[f"text_{when}"].fillna("").astype(str).tolist())
             for when in ("before", "after"):
                 if f"review_{when}" in s and f"{when}_review_share" not in row:
                     row[f"{when}_review_share"] = float(s[f"review_{when}"].astype(float).mean())
@@ -86,7 +99,7 @@ def load_runs(results_dir: str | Path, ontask=None, n_boot: int = 1000):
 
 
 RUN_COLUMNS = {  # tidy per-run table: column -> column of load_runs()
-    "run": "run", "algorithm": "algorithm", "policy": "policy", "lora_rank": "lora_rank", "prompt_format": "prompt_format", "reward": "reward_name",
+    "run": "run", "algorithm": "algorithm", "update": "update", "policy": "policy", "lora_rank": "lora_rank", "prompt_format": "prompt_format", "reward": "reward_name",
     "kl_coef": "kl_coef", "adaptive_kl": "adaptive_kl", "seed": "seed", "steps": "steps", "batch_size": "batch_size",
     "ppo_epochs": "ppo_epochs", "ppo_lr": "ppo_lr", "n_heldout": "before_n",
     "reward_before": "before_reward_mean", "reward_after": "after_reward_mean",
@@ -108,6 +121,8 @@ def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
     (``<measure>_lo`` / ``_hi``). Runs that name no ``algorithm`` are PPO runs."""
     out = pd.DataFrame({k: runs[v] if v in runs else np.nan for k, v in RUN_COLUMNS.items()})
     out["algorithm"] = [algorithm_of(dict(algorithm=a)) for a in out["algorithm"]]
+    out["update"] = [u if isinstance(u, str) else update_label(dict(kl_coef=kl, adaptive_kl=ad is True, algorithm=a))
+                     for u, kl, ad, a in zip(out["update"], out["kl_coef"], out["adaptive_kl"], out["algorithm"])]
     out.insert(out.columns.get_loc("reward_after") + 1, "reward_gain", out["reward_after"] - out["reward_before"])
     out.insert(out.columns.get_loc("perplexity_after") + 1, "perplexity_ratio",
                out["perplexity_after"] / out["perplexity_before"])
@@ -478,7 +493,7 @@ def fig_frontier(table: pd.DataFrame, reward: str = "minilm-logreg"):
     rows = (len(panels) + 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(11, 4.3 * rows + 0.5), squeeze=False)
     algorithms = sorted(t["algorithm"].unique(), key=lambda x: (x != "ppo", x))
-    settings = t.groupby(["algorithm", "policy", "kl_coef"], sort=True)
+    settings = t.groupby(["algorithm", "policy", "update"], sort=True)
     for a, (col, xlabel, interval) in zip(axes.ravel(), panels):
         for i, algorithm in enumerate(algorithms):
             color, marker = _algorithm_style(algorithm, i)
@@ -493,11 +508,12 @@ def fig_frontier(table: pd.DataFrame, reward: str = "minilm-logreg"):
             a.errorbar(d[col], d["reward_gain"], xerr=xerr, yerr=yerr, fmt="none", ecolor=color, alpha=0.3, lw=1)
             a.scatter(d[col], d["reward_gain"], color=color, marker=marker, s=30, zorder=3,
                       label=f"{ALGORITHMS.get(algorithm, algorithm)}: one seed")
-        for (algorithm, policy, kl), d in settings:
+        for (algorithm, policy, update), d in settings:
             color, marker = _algorithm_style(algorithm, algorithms.index(algorithm))
             mx, my = d[col].mean(), d["reward_gain"].mean()
             a.scatter([mx], [my], facecolors="none", edgecolors=color, marker=marker, s=160, lw=1.5, zorder=4)
-            a.annotate(f"KL {kl:g} ({len(d)})", (mx, my), xytext=(7, 6), textcoords="offset points", fontsize=9,
+            short = update.replace(f", {ALGORITHMS.get(algorithm, algorithm)}", "")
+            a.annotate(f"{short} ({len(d)})", (mx, my), xytext=(7, 6), textcoords="offset points", fontsize=9,
                        color=color)
         if col == "perplexity_ratio":
             _ratio_axis(a, t[[col, f"{col}_lo", f"{col}_hi"]].to_numpy(dtype=float).ravel()
@@ -537,8 +553,9 @@ def findings(table: pd.DataFrame) -> str:
     lines = []
     measures = [("reward_gain", "reward gain", True), ("judge_positive_after", "judge positive share", False),
                 ("perplexity_ratio", "perplexity ratio", False), ("review_share_after", "review share", False)]
-    groups = sorted(t.groupby(["algorithm", "policy", "reward", "kl_coef"]), key=lambda kv: (kv[0][0] != "ppo", kv[0]))
-    for (algorithm, policy, reward, kl), d in groups:
+    groups = sorted(t.groupby(["algorithm", "policy", "reward", "kl_coef", "update"]),
+                    key=lambda kv: (kv[0][0] != "ppo", kv[0]))
+    for (algorithm, policy, reward, kl, update), d in groups:
         parts = []
         for col, name, signed in measures:
             if col not in d or d[col].isna().all():
@@ -553,7 +570,8 @@ def findings(table: pd.DataFrame) -> str:
                 text += f" (target {sense} {goal:g}: {met}/{n} seeds)"
             parts.append(text)
         n = len(d)
-        lines.append(f"- {ALGORITHMS.get(algorithm, algorithm)}, {policy}, reward {reward}, KL {kl:g} "
+        name = ALGORITHMS.get(algorithm, algorithm)
+        lines.append(f"- {name}, {policy}, reward {reward}, {update.replace(f', {name} ', ', ')} "
                      f"({n} seed{'s' if n > 1 else ''}; 95 % {'t-interval over seeds' if n > 1 else 'bootstrap over prompts'}): "
                      + "; ".join(parts))
     return "\n".join(lines)
