@@ -349,3 +349,13 @@ def test_most_different_games_over_runs(tmp_path):
     text = plots.most_different_markdown(tmp_path, k=2)
     assert text.splitlines()[2:] == ["- 9 edits (90% of its tokens) from `gomoku` (run r1): `(b)`",
                                      "- 5 edits (50% of its tokens) from `hex` (run r1): `(c)`"]
+
+
+def test_run_result_names_the_group_update():
+    arm = lambda p: dict(n=48, compile_share=p, playable_share=p, mean_reward=p / 2, exact_share=0.1,
+                         novel_playable_share=0.0, novel_playable_games=1)
+    summary = dict(config=dict(seed=0, ppo_steps=5, algorithm="group"), n_ppo_prompts=120, seconds_per_step=12.0,
+                   heldout=dict(original=arm(1.0), sft=arm(0.1), ppo=arm(0.12)))
+    text = E.run_result(summary, [])
+    assert "5 group RL steps (seed 0)" in text and "group RL wrote more playable games" in text
+    assert "does not show that group RL helps" in text and "PPO" not in text
