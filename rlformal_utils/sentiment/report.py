@@ -8,6 +8,7 @@ ROW_NAMES = {
     "reward_positive_share": "positive share (reward model)", "judge_positive_share": "positive share (judge: {judge})",
     "judge_mean": "mean judge score ({judge})", "perplexity": "perplexity under the frozen base model",
     "response_tokens_mean": "response tokens (mean)", "review_similarity": "review-likeness",
+    "review_share": "share judged a review (review-vs-other)",
 }
 
 
@@ -35,4 +36,6 @@ def result_text(summary: dict) -> str:
         f"to {after['judge_positive_share']:.2f} (target 0.8), the perplexity under the frozen base from "
         f"{before['perplexity']:.1f} to {after['perplexity']:.1f} ({ratio:.2f}x; target <= 1.5x) and "
         f"review-likeness from {before['review_similarity']:.3f} to {after['review_similarity']:.3f} "
-        f"(real held-out reviews: {summary['real_review_similarity']:.3f}).")
+        f"(real held-out reviews: {summary['real_review_similarity']:.3f})"
+        + (f"; the share judged a review went from {before['review_share']:.2f} to {after['review_share']:.2f}"
+           if "review_share" in before and "review_share" in after else "") + ".")
