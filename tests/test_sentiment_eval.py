@@ -232,3 +232,19 @@ def test_findings_blocks_keep_algorithms_settings_and_profiles_apart(tmp_path):
     assert "**PPO at KL 0.2 moves the reward less than TRL's run (+2.24), within the perplexity target.**" in text
     assert "**KL 0.6 (long profile) barely moves**" in text
     assert "**Group-relative update, KL 0.05, k4, entropy 0.1** (long profile) (1 seed)" in text
+
+
+def test_a_runs_statement_gives_its_bootstrap_intervals_when_the_summary_has_them():
+    from rlformal_utils.params import defaults
+    from rlformal_utils.sentiment import params as P
+    before = dict(reward_mean=0.2, judge_positive_share=0.4, perplexity=40.0, review_similarity=0.4, review_share=0.6, n=4)
+    after = dict(before, reward_mean=2.2, review_share=0.5)
+    summary = dict(config=dict(defaults(P.PARAMS)), policy_label="p", judge="vader", before=before, after=after,
+                   train_seconds=60.0, real_review_similarity=0.44)
+    text = S.result_text(summary)
+    assert "share judged a review went from 0.60 to 0.50." in text and "bootstrap" not in text
+    samples = pd.DataFrame(dict(reward_before=[0.0, 1.0, 2.0], reward_after=[2.0, 3.0, 4.0],
+                                judge_positive_after=[True, True, True]))
+    text = S.result_text(dict(summary, intervals=I.bootstrap_intervals(samples)))
+    assert text.endswith(" 95 % intervals (paired bootstrap over the held-out prompts): reward gain [2.00, 2.00], "
+                         "judge positive share [1.00, 1.00].")
