@@ -19,8 +19,8 @@ The loss of a mini-batch is the mean over its responses of the mean over each re
 
 The reference is either a separate frozen model, or a callable returning a context manager inside
 which the policy itself computes the reference (``peft_model.disable_adapter`` for a LoRA policy
-against its base model). Dropout is switched off in the policy, so the no-grad pass that gives the
-old log-probs computes what the gradient passes compute.
+against its base model). Dropout is switched off in the policy, so the old log-probs come from the
+first gradient pass when a step has one mini-batch, else from one no-grad pass before the updates.
 """
 from __future__ import annotations
 
@@ -127,12 +127,13 @@ class GroupLM:
         padded = pad_pairs(pairs, responses, self.pad_id)
         mask = padded[3].float()
         self.model.train()  # dropout is off: the same function as eval mode
-        old_logp = self._no_grad_logprobs(padded, as_reference=False)
+        n = len(responses)
+        size = min(cfg.mini_batch_size or n, n)
+        # with one mini-batch, the first gradient pass is the sampling policy's pass: it gives the old log-probs
+        old_logp = None if size == n else self._no_grad_logprobs(padded, as_reference=False)
         use_kl = cfg.kl_coef > 0 and self.reference is not None
         ref_logp = self._no_grad_logprobs(padded, as_reference=True) if use_kl else None
 
-        n = len(responses)
-        size = cfg.mini_batch_size or n
         stats = dict(loss=[], clipfrac=[], approxkl=[], batch_entropy=[], grad_norm=[])
         for _ in range(cfg.epochs):
             order = torch.randperm(n)
@@ -141,6 +142,9 @@ class GroupLM:
                 part = (padded[0][rows], padded[1][rows], padded[2][rows], padded[3][rows])
                 logits = response_logits(self.model, part)
                 logp = token_logprobs(logits, part)
+                if old_logp is None:
+                    old_logp = torch.zeros_like(logp)
+                    old_logp[rows] = logp.detach()
                 m = mask[rows]
                 ratio = torch.exp(logp - old_logp[rows])
                 per_token = clipped_surrogate(ratio, advantages[rows, None], cfg.clip)

@@ -321,3 +321,41 @@ def test_group_update_keeps_the_frozen_sft_adapter_as_reference(data):
     assert not torch.allclose(logits(), sft, atol=1e-3)  # the policy moved ...
     assert torch.allclose(logits(trainer.reference()), sft, atol=1e-4)  # ... its reference did not
     assert all(".default." in n for n, p in model.named_parameters() if p.requires_grad)
+
+
+def test_figures_state_the_decision_only_when_runs_have_it():
+    import pandas as pd
+    from pathlib import Path
+
+    from rlformal_utils.games import plots
+    results = Path(__file__).resolve().parents[1] / "results" / "games"
+    _, _, samples = plots.load_runs(results)
+    assert plots.decision_text(samples) == "" and plots.most_different_markdown(results) == ""
+    rows = [dict(run=run, arm=arm, kind="sampled", example=ex, playable=p)
+            for run in ("a", "b") for ex in range(2) for arm, p in (("sft_best", 0), ("rl_best", ex))]
+    text = plots.decision_text(pd.DataFrame(rows))
+    assert "+0.500, 95 % interval [+0.000, +1.000]" in text and "over 2 examples, then over 2 runs" in text
+
+
+def test_most_different_games_over_runs(tmp_path):
+    import json
+
+    from rlformal_utils.games import plots
+    for run, rows in (("r0", [("(a)", 3, "hex"), ("(b)", 9, "gomoku")]), ("r1", [("(c)", 5, "hex"), ("(b)", 9, "gomoku")])):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "metrics.csv").write_text("step\n")
+        most = [dict(description=d, distance=n, relative_distance=n / 10, nearest_training_game=g) for d, n, g in rows]
+        (tmp_path / run / "summary.json").write_text(json.dumps(dict(most_different=most)))
+    text = plots.most_different_markdown(tmp_path, k=2)
+    assert text.splitlines()[2:] == ["- 9 edits (90% of its tokens) from `gomoku` (run r1): `(b)`",
+                                     "- 5 edits (50% of its tokens) from `hex` (run r1): `(c)`"]
+
+
+def test_run_result_names_the_group_update():
+    arm = lambda p: dict(n=48, compile_share=p, playable_share=p, mean_reward=p / 2, exact_share=0.1,
+                         novel_playable_share=0.0, novel_playable_games=1)
+    summary = dict(config=dict(seed=0, ppo_steps=5, algorithm="group"), n_ppo_prompts=120, seconds_per_step=12.0,
+                   heldout=dict(original=arm(1.0), sft=arm(0.1), ppo=arm(0.12)))
+    text = E.run_result(summary, [])
+    assert "5 group RL steps (seed 0)" in text and "group RL wrote more playable games" in text
+    assert "does not show that group RL helps" in text and "PPO" not in text

@@ -61,14 +61,14 @@ def line(name: str, summary: dict) -> str:
             f"novel playable games {summary['novel_playable_games']} (of {summary['n']} examples)")
 
 
-def noise_words(sft: dict, ppo: dict) -> str:
+def noise_words(sft: dict, ppo: dict, name: str = "PPO") -> str:
     """Whether one run's SFT -> PPO difference in playable share stands out of the sampling noise of its
     held-out middles (binomial sd of the difference of two shares over ``n`` middles each)."""
     n, a, b = sft["n"], sft["playable_share"], ppo["playable_share"]
     sd = ((a * (1 - a) + b * (1 - b)) / max(n, 1)) ** 0.5
     if abs(b - a) < 2 * sd or sd == 0 and a == b:
         return (f"With one sampled middle per example ({n} examples, sd of the difference ~{sd:.3f}) that "
-                "difference is within sampling noise: this run alone does not show that PPO helps on unseen games.")
+                "difference is within sampling noise: this run alone does not show that " + name + " helps on unseen games.")
     return f"The difference is larger than twice its sampling sd (~{sd:.3f} over {n} examples)."
 
 
@@ -76,16 +76,17 @@ def run_result(summary: dict, rewards: list[float]) -> str:
     """What one run found, in words, from its own numbers: held-out SFT vs PPO vs the original
     middles, and the training batches' reward at the start and the end of PPO."""
     h, c = summary["heldout"], summary["config"]
+    name = "group RL" if c.get("algorithm") == "group" else "PPO"
     sft, ppo, orig = h["sft"], h["ppo"], h["original"]
     diff = ppo["playable_share"] - sft["playable_share"]
     verdict = ("more playable games than" if diff > 0 else "fewer playable games than" if diff < 0
                else "as many playable games as") + " the SFT model"
-    text = [f"{c['ppo_steps']} PPO steps (seed {c['seed']}) on {summary['n_ppo_prompts']} prompts, "
-            f"{summary['seconds_per_step']:.1f} s per step. On {sft['n']} held-out examples PPO wrote {verdict}: "
-            f"playable {sft['playable_share']:.3f} (SFT) -> {ppo['playable_share']:.3f} (PPO), "
+    text = [f"{c['ppo_steps']} {name} steps (seed {c['seed']}) on {summary['n_ppo_prompts']} prompts, "
+            f"{summary['seconds_per_step']:.1f} s per step. On {sft['n']} held-out examples {name} wrote {verdict}: "
+            f"playable {sft['playable_share']:.3f} (SFT) -> {ppo['playable_share']:.3f} ({name}), "
             f"mean reward {sft['mean_reward']:.3f} -> {ppo['mean_reward']:.3f}; "
-            f"the original middles score {orig['mean_reward']:.3f}. {noise_words(sft, ppo)}",
-            f"Novel playable games: {sft['novel_playable_games']} (SFT), {ppo['novel_playable_games']} (PPO)."]
+            f"the original middles score {orig['mean_reward']:.3f}. {noise_words(sft, ppo, name)}",
+            f"Novel playable games: {sft['novel_playable_games']} (SFT), {ppo['novel_playable_games']} ({name})."]
     if rewards:
         k = max(1, min(5, len(rewards) // 2))
         first, last = sum(rewards[:k]) / k, sum(rewards[-k:]) / k

@@ -221,3 +221,29 @@ def findings(heldout: pd.DataFrame, metrics: pd.DataFrame) -> str:
         text.append(f"Training-batch reward: {fmt_mean_sd(early)} over the first {SMOOTH} steps, "
                     f"{fmt_mean_sd(late)} over the last {min(steps, SMOOTH * 4)} (mean ± sd over runs).")
     return "\n".join(text)
+
+
+def decision_text(samples: pd.DataFrame) -> str:
+    """RL - SFT on held-out playable, each model at its best decoding, paired over examples and
+    bootstrapped over examples then runs; "" when no run has the deciding evaluation."""
+    if samples.empty or "kind" not in samples or not samples["arm"].eq("rl_best").any():
+        return ""
+    from .evaluate import decision_over_seeds
+    d = decision_over_seeds(samples)
+    return (f"Held-out playable, RL - SFT (each at its best decoding, sampled middles): {d['diff']:+.3f}, "
+            f"95 % interval [{d['low']:+.3f}, {d['high']:+.3f}] (paired bootstrap over {d['n_examples']} examples, "
+            f"then over {d['n_seeds']} runs).")
+
+
+def most_different_markdown(results_dir, k: int = 5) -> str:
+    """The ``k`` novel playable games farthest from their nearest training game (token edit
+    distance) over all runs; "" when no run recorded them."""
+    rows = [dict(r, run=run.name) for run, s in complete_runs(results_dir) for r in s.get("most_different", [])]
+    if not rows:
+        return ""
+    rows = sorted({r["description"]: r for r in rows}.values(), key=lambda r: (-r["distance"], r["description"]))[:k]
+    lines = [f"The {len(rows)} novel playable games farthest from any training game (token edit distance over the rule text)", ""]
+    for r in rows:
+        lines += [f"- {r['distance']} edits ({r['relative_distance']:.0%} of its tokens) from "
+                  f"`{r['nearest_training_game']}` (run {r['run']}): `{r['description']}`"]
+    return "\n".join(lines) + "\n"

@@ -145,7 +145,8 @@ def evaluate_policy(policy, reference, tokenizer, prompts: list[dict], scorers: 
 # parameters that cannot change the untrained policy's held-out evaluation (a fresh LoRA adapter
 # adds exactly zero, and evaluation samples with its own seed, data_seed)
 _RL_ONLY = {"seed", "ppo_steps", "ppo_lr", "ppo_batch_size", "ppo_mini_batch_size", "ppo_epochs", "kl_mode",
-            "kl_coef", "adaptive_kl", "eval_every", "n_examples", "format_probe_prompts"}
+            "kl_coef", "adaptive_kl", "eval_every", "n_examples", "format_probe_prompts", "algorithm", "group_size",
+            "group_epochs", "clip", "entropy_coef"}
 
 
 def evaluate_before(config: dict, evaluate_fn, cache_dir=None) -> pd.DataFrame:
