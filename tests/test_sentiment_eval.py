@@ -73,10 +73,15 @@ def test_the_classifier_tells_reviews_from_other_text_and_sees_collapse_and_drif
 
 # ----------------------------------------------------------------------------- the evaluation
 class Stub:
+    """Judges a text a review when its length is even, and remembers what it was shown."""
     name, threshold = "stub", 0.0
 
+    def __init__(self):
+        self.seen = []
+
     def __call__(self, texts):
-        return np.array(["review" in t for t in texts])
+        self.seen.append(list(texts))
+        return np.array([len(t) % 2 == 0 for t in texts])
 
 
 def test_the_review_share_is_the_share_of_texts_judged_reviews():
@@ -99,8 +104,10 @@ def test_the_evaluation_judges_review_start_plus_response():
 
         def __call__(self, t):
             return [float(len(x)) for x in t]
-    df = S.evaluate(model, model, tok, prompts, Length(), Length(), seed=0, ontask=Stub())
-    assert df["review"].tolist() == ["review" in t for t in df["text"]]
+    ontask = Stub()
+    df = S.evaluate(model, model, tok, prompts, Length(), Length(), seed=0, ontask=ontask)
+    assert ontask.seen == [[p["query_text"] + r for p, r in zip(prompts, df["response"])]] == [df["text"].tolist()]
+    assert df["review"].tolist() == [len(t) % 2 == 0 for t in df["text"]]
     assert all(S.INSTRUCTION not in t for t in df["text"])
 
 
@@ -201,3 +208,43 @@ def test_one_seed_shows_its_bootstrap_interval():
     table = plots.runs_table(_runs({0: 2.0}).assign(reward_gain_lo=1.1, reward_gain_hi=2.9))
     line = plots.findings(table)
     assert "(1 seed; 95 % bootstrap over prompts)" in line and "reward gain +2.00 [+1.10, +2.90]" in line
+
+
+def test_findings_blocks_keep_algorithms_settings_and_profiles_apart(tmp_path):
+    from rlformal_utils import findings
+    runs = pd.concat([_runs({0: 1.5, 1: 2.5}), _runs({0: 2.2, 1: 3.0, 2: 2.4}, algorithm="group")], ignore_index=True)
+    long = pd.concat([_runs({0: 4.0}, kl=0.0), _runs({0: 0.4}, kl=0.6),
+                      _runs({0: 2.6}, algorithm="group", kl=0.05).assign(entropy_coef=0.1)], ignore_index=True)
+    (tmp_path / "results" / "long").mkdir(parents=True)
+    plots.runs_table(runs).to_csv(tmp_path / "results" / "sentiment_runs.csv", index=False)
+    table = plots.runs_table(long)
+    table.loc[table["algorithm"] == "group", "update"] = "KL 0.05, group-relative k4, entropy 0.1"
+    table.to_csv(tmp_path / "results" / "long" / "sentiment_runs.csv", index=False)
+    d = findings.Data(tmp_path)
+    assert len(d.sentiment_rows(0.2)) == 2 and len(d.sentiment_rows(0.2, "group")) == 3  # never pooled
+    rows = findings.sentiment_table(d).splitlines()
+    assert rows[2].startswith("| quick | PPO | KL 0.2 | 2 | +2.00 [-4.35, +8.35] |") and rows[2].endswith("| 1/2 / 1/2 / 2/2 / 1/2 |")
+    assert rows[3].startswith("| quick | group-relative | KL 0.2, k4 | 3 |") and rows[3].endswith("| 3/3 / 2/3 / 2/3 / 1/3 |")
+    assert [r.split(" | ")[:3] for r in rows[4:7]] == [["| long", "PPO", "KL 0"], ["| long", "PPO", "KL 0.6"],
+                                                     ["| long", "group-relative", "KL 0.05, k4, entropy 0.1"]]
+    text = findings.sentiment(d)
+    assert "**KL 0 (the paper's effective setting) (long profile) stays fluent**" in text  # ratio 1.2 <= 1.5
+    assert "**PPO at KL 0.2 moves the reward less than TRL's run (+2.24), within the perplexity target.**" in text
+    assert "**KL 0.6 (long profile) barely moves**" in text
+    assert "**Group-relative update, KL 0.05, k4, entropy 0.1** (long profile) (1 seed)" in text
+
+
+def test_a_runs_statement_gives_its_bootstrap_intervals_when_the_summary_has_them():
+    from rlformal_utils.params import defaults
+    from rlformal_utils.sentiment import params as P
+    before = dict(reward_mean=0.2, judge_positive_share=0.4, perplexity=40.0, review_similarity=0.4, review_share=0.6, n=4)
+    after = dict(before, reward_mean=2.2, review_share=0.5)
+    summary = dict(config=dict(defaults(P.PARAMS)), policy_label="p", judge="vader", before=before, after=after,
+                   train_seconds=60.0, real_review_similarity=0.44)
+    text = S.result_text(summary)
+    assert "share judged a review went from 0.60 to 0.50." in text and "bootstrap" not in text
+    samples = pd.DataFrame(dict(reward_before=[0.0, 1.0, 2.0], reward_after=[2.0, 3.0, 4.0],
+                                judge_positive_after=[True, True, True]))
+    text = S.result_text(dict(summary, intervals=I.bootstrap_intervals(samples)))
+    assert text.endswith(" 95 % intervals (paired bootstrap over the held-out prompts): reward gain [2.00, 2.00], "
+                         "judge positive share [1.00, 1.00].")

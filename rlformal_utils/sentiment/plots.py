@@ -512,9 +512,9 @@ def fig_frontier(table: pd.DataFrame, reward: str = "minilm-logreg"):
             color, marker = _algorithm_style(algorithm, algorithms.index(algorithm))
             mx, my = d[col].mean(), d["reward_gain"].mean()
             a.scatter([mx], [my], facecolors="none", edgecolors=color, marker=marker, s=160, lw=1.5, zorder=4)
-            short = update.replace(f", {ALGORITHMS.get(algorithm, algorithm)}", "")
-            a.annotate(f"{short} ({len(d)})", (mx, my), xytext=(7, 6), textcoords="offset points", fontsize=9,
-                       color=color)
+            short = update.replace(f", {ALGORITHMS.get(algorithm, algorithm)} ", ", ")
+            a.annotate(f"{short} ({len(d)})", (mx, my), xytext=(8, 6) if algorithm == "ppo" else (8, -15),
+                       textcoords="offset points", fontsize=9, color=color)
         if col == "perplexity_ratio":
             _ratio_axis(a, t[[col, f"{col}_lo", f"{col}_hi"]].to_numpy(dtype=float).ravel()
                         if f"{col}_hi" in t else t[col], axis="x")

@@ -38,4 +38,17 @@ def result_text(summary: dict) -> str:
         f"review-likeness from {before['review_similarity']:.3f} to {after['review_similarity']:.3f} "
         f"(real held-out reviews: {summary['real_review_similarity']:.3f})"
         + (f"; the share judged a review went from {before['review_share']:.2f} to {after['review_share']:.2f}"
-           if "review_share" in before and "review_share" in after else "") + ".")
+           if "review_share" in before and "review_share" in after else "") + "." + intervals_text(summary))
+
+
+INTERVAL_NAMES = {"reward_gain": "reward gain", "judge_positive_after": "judge positive share",
+                  "perplexity_ratio": "perplexity ratio", "review_share_after": "review share"}
+
+
+def intervals_text(summary: dict) -> str:
+    """`` 95 % intervals (paired bootstrap over the held-out prompts): reward gain [1.53, 2.26], ...``
+    from ``summary["intervals"]`` ({measure: (estimate, low, high)}, ``intervals.bootstrap_intervals``
+    of the run's ``eval_samples.csv``); empty when the summary has none."""
+    found = summary.get("intervals") or {}
+    parts = [f"{name} [{found[k][1]:.2f}, {found[k][2]:.2f}]" for k, name in INTERVAL_NAMES.items() if k in found]
+    return f" 95 % intervals (paired bootstrap over the held-out prompts): {', '.join(parts)}." if parts else ""
