@@ -359,3 +359,26 @@ def test_run_result_names_the_group_update():
     text = E.run_result(summary, [])
     assert "5 group RL steps (seed 0)" in text and "group RL wrote more playable games" in text
     assert "does not show that group RL helps" in text and "PPO" not in text
+
+
+def test_lora_ppo_trains_fresh_adapters_on_the_merged_sft_model(data):
+    from rlformal_utils.games import train as T
+    config = _config(lora_rank=8, sft_curve_points=3, ppo_batch_size=4, ppo_mini_batch_size=2, ppo_epochs=1,
+                     ppo_steps=2, ppo_lr=1e-2)
+    folder = L.sft_model_dir(config, data)
+    merged, tok = L.load_sft(folder)
+    trainer = T.make_trainer(config, folder, tok)
+    assert trainer.is_peft_model and trainer.ref_model is None  # trl's reference: the adapter-disabled model
+    names = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n or "v_head" in n for n in names)
+    ids = torch.tensor([L.encode_example(tok, data.train[3], 24)[0]])
+    with torch.no_grad():
+        sft = merged(input_ids=ids).logits
+        assert torch.allclose(trainer.model(input_ids=ids)[0], sft, atol=1e-4)  # LoRA B starts at 0
+    log = _Log()
+    T.train(config, trainer, tok, T.ppo_prompts(L.fitting(tok, data.train, config), []), _LengthRewarder(), set(), log)
+    assert [r["step"] for r in log.rows] == [1, 2]
+    with torch.no_grad():
+        assert not torch.allclose(trainer.model(input_ids=ids)[0], sft, atol=1e-3)  # the policy moved ...
+        with trainer.optional_peft_ctx():
+            assert torch.allclose(trainer.model(input_ids=ids)[0], sft, atol=1e-4)  # ... its reference is the SFT model

@@ -31,11 +31,39 @@ def make_trainer(config: dict, sft_dir, tokenizer, device="cpu"):
     set_seed(c["seed"])
     if c.get("algorithm", "ppo") == "group":
         return make_group_trainer(config, sft_dir, tokenizer, device)
+    if c.get("lora_rank"):
+        return make_lora_ppo_trainer(config, sft_dir, tokenizer, device)
     return make_ppo_trainer(str(sft_dir), tokenizer, learning_rate=c["ppo_lr"], batch_size=c["ppo_batch_size"],
                             mini_batch_size=c["ppo_mini_batch_size"], ppo_epochs=c["ppo_epochs"],
                             kl_mode=c["kl_mode"], kl_coef=c["kl_coef"], adaptive_kl=c["adaptive_kl"],
                             token_entropy_coef=c["token_entropy_coef"],
                             batch_entropy_coef=c["batch_entropy_coef"], seed=c["seed"], **devices.trl_kwargs(device))
+
+
+def make_lora_ppo_trainer(config: dict, sft_dir, tokenizer, device="cpu"):
+    """trl's PPOTrainer around the merged SFT model with fresh LoRA adapters (rank ``lora_rank``) on
+    every linear layer and a value head: only adapters and value head train, and trl's KL reference,
+    the model with its adapter disabled, is exactly the SFT model (no second copy is kept).
+    ``kl_mode="policy"`` makes the policy its own reference (KL always 0), as without LoRA."""
+    import json
+
+    from trl import AutoModelForCausalLMWithValueHead, PPOConfig
+
+    from ..modes import disable_dropout
+    from ..ppo import EntropyPPOTrainer
+    from .lm import lora_config
+    c = config
+    model_type = json.loads((Path(sft_dir) / "config.json").read_text()).get("model_type")
+    torch.manual_seed(c["seed"])  # the LoRA and value-head initialisations
+    model = disable_dropout(AutoModelForCausalLMWithValueHead.from_pretrained(
+        str(sft_dir), peft_config=lora_config(c["lora_rank"], model_type)))
+    ppo_config = PPOConfig(learning_rate=c["ppo_lr"], batch_size=c["ppo_batch_size"],
+                           mini_batch_size=c["ppo_mini_batch_size"], ppo_epochs=c["ppo_epochs"],
+                           init_kl_coef=c["kl_coef"], adap_kl_ctrl=c["adaptive_kl"], seed=c["seed"],
+                           **devices.trl_kwargs(device))
+    return EntropyPPOTrainer(config=ppo_config, model=model, ref_model=model if c["kl_mode"] == "policy" else None,
+                             tokenizer=tokenizer, token_entropy_coef=c["token_entropy_coef"],
+                             batch_entropy_coef=c["batch_entropy_coef"])
 
 
 class _Adapter:
