@@ -42,7 +42,7 @@ def group(**settings) -> dict:
 
 
 # the group-relative setting of the quick profile, chosen by the long profile's sweep
-GROUP_CHOICE = group(kl_coef=0.1, ppo_mini_batch_size=4)
+GROUP_CHOICE = group(group_size=8, kl_coef=0.1, ppo_mini_batch_size=4)
 
 
 def runs(profile: str) -> list[Run]:
@@ -57,10 +57,10 @@ def runs(profile: str) -> list[Run]:
     elif profile == "long":  # the sweeps, one seed per point, on the quick profile's base
         base = SMOLLM2_LORA
         settings = [dict(kl_coef=kl, seed=0) for kl in (0.0, 0.6)]  # PPO: KL 0 (the paper's effective setting)
-        settings += [group(kl_coef=kl, seed=0) for kl in (0.05, 0.1, 0.2)]        # one update per step
+        settings += [group(kl_coef=kl, seed=0) for kl in (0.05, 0.1, 0.2, 0.4)]        # one update per step
         settings += [group(kl_coef=0.05, entropy_coef=0.1, seed=0)]
         settings += [group(kl_coef=kl, ppo_mini_batch_size=4, seed=0) for kl in (0.1, 0.2, 0.3)]  # 4 updates per step
-        settings += [group(group_size=8, kl_coef=0.1, ppo_mini_batch_size=4, seed=0)]
+        settings += [group(group_size=8, kl_coef=0.1, ppo_mini_batch_size=4, seed=s) for s in (0, 1, 2)]
         settings += [group(kl_coef=0.1, ppo_mini_batch_size=4, entropy_coef=0.1, seed=0)]
     elif profile == "classroom":  # the default policy with KL 0 (the paper's effective setting): the reward
         # climbs within ~15 steps; a smaller classifier and review-likeness bank keep the setup short
