@@ -58,8 +58,8 @@ PARAMS = [
     Param("reward_workers", 1, "ludax worker processes (0: in this process, no timeout)", low=0, high=64),
     # evaluation
     Param("n_eval", 48, "held-out examples scored per arm, one sampled middle each", low=1, high=100_000),
-    Param("n_heldout_samples", 0, "deciding evaluation: sampled middles per held-out example (+ 1 greedy) at the SFT "
-          "model's best temperature, before and after RL; 0: off", low=0, high=1000),
+    Param("n_heldout_samples", 0, "deciding evaluation: sampled middles per held-out example (+ 1 greedy), SFT and RL "
+          "each at the temperature that is best on training prompts; 0: off", low=0, high=1000),
     Param("n_sweep_examples", 48, "training-game prompts on which the decoding temperature is chosen", low=1, high=100_000),
     Param("torch_threads", 0, "torch threads, 0 means half the cores (at most 8)", low=0, high=256, config=False),
     Param("device", "auto", "where the models compute: auto picks a CUDA GPU if torch sees one, else the CPU",
