@@ -528,7 +528,7 @@ def test_the_declaration_checks_each_value_and_the_rules_between_them():
 def test_every_profile_run_is_a_valid_set_of_declared_parameters():
     """The runner's grid uses only declared names, and every run passes the notebook's check."""
     declared = {p.name for p in P.PARAMS}
-    for profile in ("smoke", "quick", "paper"):
+    for profile in ("smoke", "quick", "long", "classroom", "paper"):
         for run in sentiment_runs(profile):
             assert set(run.params) <= declared, set(run.params) - declared
             P.check(dict(defaults(P.PARAMS), **run.params))
@@ -551,13 +551,18 @@ def test_prompt_formats_put_the_review_start_last_and_the_reward_reads_only_the_
 
 
 # ----------------------------------------------------------------------------- profiles, report, figures
-def test_quick_profile_runs_the_lora_policy_with_three_seeds_and_a_kl_sweep():
+def test_quick_profile_runs_the_lora_policy_with_three_seeds_of_each_algorithm_and_long_holds_the_sweeps():
     from rlformal_utils.sentiment.grid import runs as runs_of
     quick = runs_of("quick")
-    main = [r for r in quick if r.params["kl_coef"] == quick[0].params["kl_coef"]]
     assert all(r.params["policy"] == "smollm2-135m" and r.params["lora_rank"] == 16 for r in quick)
-    assert len({r.params["seed"] for r in main}) >= 3 and len({r.params["kl_coef"] for r in quick}) >= 3
-    assert len({r.name for r in quick}) == len(quick)
+    for algorithm in ("ppo", "group"):
+        arm = [r for r in quick if r.params.get("algorithm", "ppo") == algorithm]
+        assert len({r.params["seed"] for r in arm}) == len(arm) >= 3, algorithm
+        assert len({r.params["kl_coef"] for r in arm}) == 1, algorithm
+    assert {r.params["n_heldout"] for r in quick} == {256} and len({r.name for r in quick}) == len(quick)
+    long = runs_of("long")
+    ppo_kl = {r.params["kl_coef"] for r in quick + long if r.params.get("algorithm", "ppo") == "ppo"}
+    assert len(ppo_kl) >= 3 and len({r.name for r in long}) == len(long)
 
 
 def _summary(before_reward, after_reward, before_ppl, after_ppl, reward="minilm-logreg"):

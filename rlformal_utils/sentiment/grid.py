@@ -57,11 +57,12 @@ def runs(profile: str) -> list[Run]:
     elif profile == "long":  # the sweeps, one seed per point, on the quick profile's base
         base = SMOLLM2_LORA
         settings = [dict(kl_coef=kl, seed=0) for kl in (0.0, 0.6)]  # PPO: KL 0 (the paper's effective setting)
-        settings += [group(kl_coef=kl, seed=0) for kl in (0.05, 0.1, 0.2, 0.4)]        # one update per step
-        settings += [group(kl_coef=0.05, entropy_coef=0.1, seed=0)]
-        settings += [group(kl_coef=kl, ppo_mini_batch_size=4, seed=0) for kl in (0.1, 0.2, 0.3)]  # 4 updates per step
-        settings += [group(group_size=8, kl_coef=0.1, ppo_mini_batch_size=4, seed=s) for s in (0, 1, 2)]
-        settings += [group(kl_coef=0.1, ppo_mini_batch_size=4, entropy_coef=0.1, seed=0)]
+        # group-relative, 16 responses per step: k = 4 with one update per step (one mini-batch) or four
+        settings += [group(kl_coef=kl, seed=0) for kl in (0.05, 0.2)]
+        settings += [group(kl_coef=kl, ppo_mini_batch_size=4, seed=0) for kl in (0.1, 0.2)]
+        # k = 8 (2 prompts per step), four updates per step: GROUP_CHOICE with 3 seeds, and with the entropy bonus
+        settings += [dict(GROUP_CHOICE, seed=s) for s in (0, 1, 2)]
+        settings += [dict(GROUP_CHOICE, entropy_coef=0.1, seed=0)]
     elif profile == "classroom":  # the default policy with KL 0 (the paper's effective setting): the reward
         # climbs within ~15 steps; a smaller classifier and review-likeness bank keep the setup short
         base = dict(SMOLLM2_LORA, classifier_max_train=2000, likeness_bank=200, ppo_steps=18, kl_coef=0.0,
