@@ -491,8 +491,9 @@ def sentiment(d: Data) -> str:
         out.append(f"- **Review-likeness does not see the drift** (MiniLM similarity to real snippets: "
                    f"{min(sims):.2f}-{max(sims):.2f} in every run); perplexity and distinct-2 do.")
     if num(d.sentiment, "review_share_after"):
-        per = "; ".join(f"{_algorithm_name(a)} at {_setting_name(a, u)} {seeds_text(num(rows, 'review_share_after'), 2)}"
-                        for p, a, u, rows in sentiment_settings(d) if p == "quick" and num(rows, "review_share_after"))
+        per = "; ".join(f"{_algorithm_name(a)} at {_setting_name(a, u)}{' (long profile)' if p == 'long' else ''} "
+                        f"{seeds_text(num(rows, 'review_share_after'), 2)}"
+                        for p, a, u, rows in sentiment_settings(d) if num(rows, "review_share_after"))
         out.append(f"- **Still reviews?** The review-vs-other classifier judges {mean(num(d.sentiment, 'review_share_before'))} "
                    f"of the base model's held-out texts (review start + response) to be reviews; after training: {per} "
                    f"(one number per seed).")

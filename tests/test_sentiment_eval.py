@@ -15,7 +15,7 @@ from rlformal_utils.sentiment import ontask as O
 from rlformal_utils.sentiment import plots
 
 RESULTS = REPO_ROOT / "results" / "sentiment"
-COLLAPSE = RESULTS / "smollm2-135m-lora16_kl0_s0" / "eval_samples.csv"   # KL 0: one exclamation, repeated
+COLLAPSE = RESULTS.parent / "long" / "sentiment" / "smollm2-135m-lora16_kl0_s0" / "eval_samples.csv"   # KL 0: one exclamation, repeated
 DRIFT = RESULTS / "smollm2-135m-lora16_kl0.2_s0" / "eval_samples.csv"    # KL 0.2, seed 0: self-help prose
 
 
@@ -65,7 +65,7 @@ def test_the_classifier_tells_reviews_from_other_text_and_sees_collapse_and_drif
     assert collapse["before"] == drift["before"]   # the same base-model responses
     assert collapse["after"] <= collapse["before"] - 0.15, collapse
     assert drift["after"] <= drift["before"] - 0.05, drift
-    table = plots.runs_table(plots.load_runs(RESULTS, ontask=lambda config: ontask, n_boot=50)[1])
+    table = plots.runs_table(plots.load_runs(COLLAPSE.parent.parent, ontask=lambda config: ontask, n_boot=50)[1])
     text = O.check_text(ontask.metrics, table)
     assert f"smollm2-135m-lora16_kl0_s0: review share {collapse['before']:.2f} before -> {collapse['after']:.2f} after" in text
     print(text)
