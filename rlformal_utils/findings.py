@@ -97,7 +97,8 @@ class Data:
         self.root = Path(root)
         results = self.root / "results"
         self.arith = arithmetic_runs(results)
-        self.sentiment = read_csv(results / "sentiment_runs.csv")
+        self.sentiment = [dict(r, profile="quick") for r in read_csv(results / "sentiment_runs.csv")]
+        self.sentiment_long = [dict(r, profile="long") for r in read_csv(results / "long" / "sentiment_runs.csv")]
         self.games = read_csv(results / "games_runs.csv")
         self.timings = read_csv(results / "timings.csv")
         self.long_timings = read_csv(results / "long" / "timings.csv")
@@ -113,8 +114,35 @@ class Data:
     def max_share(self, name: str) -> list[float]:
         return [r["heldout"].get("eval_max_share", float("nan")) for r in self.arm(name)]
 
-    def sentiment_rows(self, kl: float) -> list[dict]:
-        return [r for r in self.sentiment if float(r["kl_coef"]) == kl]
+    def sentiment_rows(self, kl: float, algorithm: str = "ppo", long: bool = False) -> list[dict]:
+        """The quick (or ``long``) profile's sentiment runs of one KL coefficient and algorithm with
+        the algorithm's other settings at their defaults (a run that names no algorithm is PPO)."""
+        return [r for r in (self.sentiment_long if long else self.sentiment)
+                if float(r["kl_coef"]) == kl and sentiment_algorithm(r) == algorithm
+                and sentiment_update(r) == sentiment_update(dict(kl_coef=kl, algorithm=algorithm))]
+
+    def sentiment_pick(self, kl: float, algorithm: str = "ppo") -> tuple[list[dict], str]:
+        """The runs of a setting from the quick profile, else from the long one: (runs, where)."""
+        rows = self.sentiment_rows(kl, algorithm)
+        if rows:
+            return rows, ""
+        rows = self.sentiment_rows(kl, algorithm, long=True)
+        return rows, " (long profile)" if rows else ""
+
+
+def sentiment_algorithm(row: dict) -> str:
+    return row.get("algorithm") or "ppo"
+
+
+def sentiment_update(row: dict) -> str:
+    """A run's update settings (``sentiment_runs.csv``'s ``update``; for older rows its KL coefficient)."""
+    if row.get("update"):
+        return row["update"]
+    from .sentiment.plots import update_label
+    return update_label(dict(kl_coef=float(row["kl_coef"]), adaptive_kl=False, algorithm=sentiment_algorithm(row)))
+
+
+SENTIMENT_ALGORITHMS = {"ppo": "PPO", "group": "group-relative"}
 
 
 # Arms the findings read (quick unless prefixed long:).
@@ -225,7 +253,11 @@ def glance(d: Data) -> str:
                  f"reward gain {pm(gain, 2, unit=' logits')} at KL 0.2 (TRL's GPT-2 run: +{TRL_SENTIMENT_GAIN}); "
                  f"judge's positive share {mean(num(main, 'judge_positive_before'))} -> "
                  f"{pm(num(main, 'judge_positive_after'), 2, False)}; perplexity "
-                 f"{pm(num(main, 'perplexity_ratio'), 2, False, unit='x')} the base model's",
+                 f"{pm(num(main, 'perplexity_ratio'), 2, False, unit='x')} the base model's"
+                 + "".join(f"; {_algorithm_name(a)} update: gain {pm(num(rows, 'reward_gain'), 2)}, "
+                           f"perplexity {pm(num(rows, 'perplexity_ratio'), 2, False, unit='x')}"
+                           for p, a, u, rows in sentiment_settings(d)
+                           if p == "quick" and a != "ppo" and float(rows[0]["kl_coef"]) == 0.2),
                  sentiment_verdict(main), "sentiment_kl_sweep.png", "sentiment.ipynb"))
     # 3. arithmetic collapses onto a naive answer
     rows.append(("Arithmetic: pure RL collapses onto a naive answer",
@@ -351,17 +383,58 @@ def arithmetic(d: Data) -> str:
     return "\n".join(out) if out else "No arithmetic runs in results/."
 
 
+def ci(rows: list[dict], col: str, digits: int = 2, signed: bool = False, unit: str = "") -> str:
+    """The mean over seeds with its 95 % t-interval; one seed: its 95 % bootstrap interval over the
+    held-out prompts (``<col>_lo`` / ``_hi`` of sentiment_runs.csv) when it has one."""
+    from .sentiment.intervals import fmt_interval, t_interval
+    m, lo, hi, n = t_interval(num(rows, col))
+    if not n:
+        return "n/a"
+    if n == 1 and num(rows, f"{col}_lo") and num(rows, f"{col}_hi"):
+        lo, hi = num(rows, f"{col}_lo")[0], num(rows, f"{col}_hi")[0]
+    return fmt_interval(m, lo, hi, digits, signed, unit)
+
+
+def sentiment_settings(d: Data) -> list[tuple[str, str, str, list[dict]]]:
+    """(profile, algorithm, update settings, runs) of every sentiment setting: the quick profile's,
+    then the long one's; PPO first, then by KL coefficient."""
+    out = []
+    for profile, rows in (("quick", d.sentiment), ("long", d.sentiment_long)):
+        keys = {(sentiment_algorithm(r), sentiment_update(r)): float(r["kl_coef"]) for r in rows}
+        for (algorithm, update), kl in sorted(keys.items(), key=lambda kv: (kv[0][0] != "ppo", kv[0][0], kv[1], kv[0][1])):
+            out.append((profile, algorithm, update, [r for r in rows if (sentiment_algorithm(r), sentiment_update(r))
+                                                     == (algorithm, update)]))
+    return out
+
+
+def _algorithm_name(algorithm: str) -> str:
+    return SENTIMENT_ALGORITHMS.get(algorithm, algorithm)
+
+
+def _setting_name(algorithm: str, update: str) -> str:
+    """``KL 0.05, k4, entropy 0.1``: the update settings without the algorithm's name."""
+    return update.replace(f", {_algorithm_name(algorithm)} ", ", ")
+
+
 def sentiment_table(d: Data) -> str:
-    """One row per KL coefficient: before -> after, mean ± sd over seeds."""
-    out = ["| KL coefficient | seeds | reward before -> after | reward gain | judge positive before -> after | "
-           "perplexity ratio | distinct-2 after | KL at the end (nats) |", "|---|---|---|---|---|---|---|---|"]
-    for kl in sorted({float(r["kl_coef"]) for r in d.sentiment}):
-        rows = d.sentiment_rows(kl)
-        out.append(f"| {kl:g} | {len(rows)} | {mean(num(rows, 'reward_before'))} -> "
-                   f"{pm(num(rows, 'reward_after'), 2, False)} | {pm(num(rows, 'reward_gain'), 2, False)} | "
-                   f"{mean(num(rows, 'judge_positive_before'))} -> {pm(num(rows, 'judge_positive_after'), 2, False)} | "
-                   f"{pm(num(rows, 'perplexity_ratio'), 2, False)}x | {pm(num(rows, 'distinct_2_after'), 2, False)} "
-                   f"(before {mean(num(rows, 'distinct_2_before'))}) | {pm(num(rows, 'final_kl'), 1, False)} |")
+    """One row per profile, algorithm and setting: each after-training number as the mean over seeds
+    with its 95 % interval, and how many seeds meet each target."""
+    out = ["| profile | update | setting | seeds | reward gain | judge positive before -> after | perplexity ratio | "
+           "review share before -> after | distinct-2 after | KL at the end (nats) | seeds meeting gain / judge / "
+           "ratio / all |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for profile, algorithm, update, rows in sentiment_settings(d):
+        met = [sum(float(r["reward_gain"]) >= 2.0 for r in rows), sum(float(r["judge_positive_after"]) >= 0.8 for r in rows),
+               sum(float(r["perplexity_ratio"]) <= 1.5 for r in rows), sum(all_targets(r) for r in rows)]
+        review = (f"{mean(num(rows, 'review_share_before'))} -> {ci(rows, 'review_share_after')}"
+                  if num(rows, "review_share_after") else "n/a")
+        out.append(f"| {profile} | {_algorithm_name(algorithm)} | {_setting_name(algorithm, update)} | {len(rows)} | "
+                   f"{ci(rows, 'reward_gain', signed=True)} | {mean(num(rows, 'judge_positive_before'))} -> "
+                   f"{ci(rows, 'judge_positive_after')} | {ci(rows, 'perplexity_ratio', unit='x')} | {review} | "
+                   f"{pm(num(rows, 'distinct_2_after'), 2, False)} (before {mean(num(rows, 'distinct_2_before'))}) | "
+                   f"{pm(num(rows, 'final_kl'), 1, False)} | {' / '.join(f'{m}/{len(rows)}' for m in met)} |")
+    out.append("")
+    out.append("Intervals: 95 % t-interval of the mean over seeds; for one seed, 95 % paired bootstrap over its "
+               "held-out prompts (1000 resamples). Targets: gain >= +2.0, judge >= 0.8, perplexity ratio <= 1.5x.")
     return "\n".join(out)
 
 
@@ -376,27 +449,54 @@ def _meets(values, ok) -> str:
 
 
 def sentiment(d: Data) -> str:
-    """The sentiment findings in words, against our acceptance targets."""
+    """The sentiment findings in words, against our acceptance targets; every verdict word is computed."""
     out = []
-    zero, main, high = d.sentiment_rows(0.0), d.sentiment_rows(0.2), d.sentiment_rows(0.6)
+    (zero, zero_at), (main, _), (high, high_at) = d.sentiment_pick(0.0), d.sentiment_pick(0.2), d.sentiment_pick(0.6)
     if zero:
-        out.append(f"- **KL 0 (the paper's effective setting) is reward hacking**: gain {pm(num(zero, 'reward_gain'), 2, False)}, "
-                   f"judge {pm(num(zero, 'judge_positive_after'), 2, False)}, but perplexity "
-                   f"{pm(num(zero, 'perplexity_ratio'), 2, False)}x and distinct-2 {pm(num(zero, 'distinct_2_after'), 2, False)}: "
-                   f"the responses repeat themselves far more than the base model's.")
+        hacking = mean_sd(num(zero, "perplexity_ratio"))[0] > 1.5
+        review = (f"; review share {ci(zero, 'review_share_after')} (base model "
+                  f"{mean(num(zero, 'review_share_before'))})" if num(zero, "review_share_after") else "")
+        out.append(f"- **KL 0 (the paper's effective setting){zero_at} {'is reward hacking' if hacking else 'stays fluent'}**: "
+                   f"gain {pm(num(zero, 'reward_gain'), 2, False)}, judge {pm(num(zero, 'judge_positive_after'), 2, False)}, "
+                   f"perplexity {pm(num(zero, 'perplexity_ratio'), 2, False)}x and distinct-2 "
+                   f"{pm(num(zero, 'distinct_2_after'), 2, False)} (base model {mean(num(zero, 'distinct_2_before'))}){review}.")
     if main:
-        out.append(f"- **KL 0.2 moves the reward as much as TRL's run, and drifts.** Gain >= +2.0 in "
+        gain, ratio = mean_sd(num(main, "reward_gain"))[0], mean_sd(num(main, "perplexity_ratio"))[0]
+        moves = "as much as TRL's run" if gain >= TRL_SENTIMENT_GAIN - 0.1 else "less than TRL's run"
+        drifts = "and drifts" if ratio > 1.5 else "within the perplexity target"
+        every = d.sentiment + d.sentiment_long
+        out.append(f"- **PPO at KL 0.2 moves the reward {moves} (+{TRL_SENTIMENT_GAIN}), {drifts}.** Gain >= +2.0 in "
                    f"{_meets(num(main, 'reward_gain'), lambda v: v >= 2.0)}; judge >= 0.8 in "
                    f"{_meets(num(main, 'judge_positive_after'), lambda v: v >= 0.8)}; perplexity ratio <= 1.5x in "
                    f"{_meets(num(main, 'perplexity_ratio'), lambda v: v <= 1.5)}; all three targets in "
-                   f"{sum(all_targets(r) for r in d.sentiment)} of {len(d.sentiment)} runs of the sweep.")
+                   f"{sum(all_targets(r) for r in every)} of {len(every)} runs. The mean gain over {len(main)} seed"
+                   f"{'s' if len(main) > 1 else ''} is {ci(main, 'reward_gain', signed=True)} (95 % interval).")
     if high:
-        out.append(f"- **KL 0.6 barely moves** in 24 steps: gain {pm(num(high, 'reward_gain'), 2, False)}, "
+        barely = mean_sd(num(high, "reward_gain"))[0] < 1.0
+        steps = num(high, "steps")
+        out.append(f"- **KL 0.6{high_at} {'barely moves' if barely else 'moves'}**"
+                   f"{f' in {int(steps[0])} steps' if steps else ''}: gain {pm(num(high, 'reward_gain'), 2, False)}, "
                    f"judge {pm(num(high, 'judge_positive_after'), 2, False)}.")
+    for profile, algorithm, update, rows in sentiment_settings(d):
+        if algorithm == "ppo":
+            continue
+        name = _algorithm_name(algorithm)
+        out.append(f"- **{name[0].upper() + name[1:]} update, {_setting_name(algorithm, update)}**"
+                   f"{' (long profile)' if profile == 'long' else ''} ({len(rows)} seed{'s' if len(rows) > 1 else ''}): "
+                   f"gain {ci(rows, 'reward_gain', signed=True)}, judge {ci(rows, 'judge_positive_after')}, perplexity "
+                   f"ratio {ci(rows, 'perplexity_ratio', unit='x')}, review share {ci(rows, 'review_share_after')}; "
+                   f"all three targets in {sum(all_targets(r) for r in rows)} of {len(rows)} seeds.")
     sims = num(d.sentiment, "review_similarity_after")
     if sims:
         out.append(f"- **Review-likeness does not see the drift** (MiniLM similarity to real snippets: "
                    f"{min(sims):.2f}-{max(sims):.2f} in every run); perplexity and distinct-2 do.")
+    if num(d.sentiment, "review_share_after"):
+        per = "; ".join(f"{_algorithm_name(a)} at {_setting_name(a, u)}{' (long profile)' if p == 'long' else ''} "
+                        f"{seeds_text(num(rows, 'review_share_after'), 2)}"
+                        for p, a, u, rows in sentiment_settings(d) if num(rows, "review_share_after"))
+        out.append(f"- **Still reviews?** The review-vs-other classifier judges {mean(num(d.sentiment, 'review_share_before'))} "
+                   f"of the base model's held-out texts (review start + response) to be reviews; after training: {per} "
+                   f"(one number per seed).")
     return "\n".join(out) if out else "No sentiment runs in results/."
 
 

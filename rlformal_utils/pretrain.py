@@ -92,12 +92,14 @@ def pad_batch(seqs: list[list[int]], pad_id: int, loss_masks: list[list[int]] | 
 
 def train_lm(model, sequences: list[list[int]], pad_id: int, *, steps: int, batch_size: int = 64,
              lr: float = 1e-4, weight_decay: float = 0.1, warmup_steps: int = 0, seed: int = 0,
-             loss_masks: list[list[int]] | None = None, desc: str = "pretraining") -> list[float]:
+             loss_masks: list[list[int]] | None = None, desc: str = "pretraining",
+             on_step=None) -> list[float]:
     """Next-token training with AdamW and a cosine schedule for ``steps`` optimizer steps.
 
     Examples are visited in shuffled epochs (so ``steps = ceil(len/batch)`` is one epoch).
     ``loss_masks`` (1 = train on this token) restricts the loss, e.g. to a fill-in middle.
-    Returns the loss of every step."""
+    ``on_step(step, model)``, if given, is called after every optimizer step (1-based), e.g. to
+    save checkpoints. Returns the loss of every step."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
 
@@ -113,7 +115,7 @@ def train_lm(model, sequences: list[list[int]], pad_id: int, *, steps: int, batc
     losses = []
     batch_size = min(batch_size, len(sequences))
     bar = Progress(steps, desc)
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         if len(order) < batch_size:
             order += torch.randperm(len(sequences), generator=g).tolist()
         idx, order = order[:batch_size], order[batch_size:]
@@ -127,6 +129,9 @@ def train_lm(model, sequences: list[list[int]], pad_id: int, *, steps: int, batc
         sched.step()
         losses.append(loss.item())
         bar.update(loss=round(losses[-1], 3))
+        if on_step is not None:
+            on_step(step, model)
+            model.train()
     bar.close()
     model.eval()
     return losses

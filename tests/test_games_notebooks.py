@@ -77,6 +77,9 @@ def test_parameters_cell_is_the_declaration_and_papermill_reads_every_line(caplo
     (dict(heldout_games=["chess"]), r"heldout_games=\['chess'\] is not allowed"),
     (dict(ppo_mini_batch_size=5), r"ppo_mini_batch_size=5 must divide ppo_batch_size=12"),
     (dict(model_size="no-such-org/no-such-model"), r"OfflineError.*model_size='no-such-org/no-such-model'"),
+    (dict(lora_rank=3), r"lora_rank=3 is not allowed: it must be one of \[0, 1, 2, 4, 8, 16, 32, 64, 128\]"),
+    (dict(algorithm="group", group_size=5), r"group_size=5 is not allowed: it must be an integer in \[2, 256\] that divides"),
+    (dict(algorithm="group", group_size=1), r"group_size=1 is not allowed"),
 ])
 def test_bad_parameters_stop_the_notebook_in_its_first_cells(tmp_path, params, message):
     assert_stops_in_first_cells("games.ipynb", tmp_path, params, message)

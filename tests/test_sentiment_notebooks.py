@@ -157,5 +157,5 @@ def test_figure_notebook_draws_every_figure_and_table_from_the_runs(smoke_run):
     assert "response_after" in examples  # a tie in seeds: the first setting, KL 0, its seed 0
     assert examples.splitlines()[0] == "Setting: rt-gpt2 (tiny), reward minilm-logreg, KL 0, seed 0."
     closing = outputs_text(nb, [-1])
-    assert f"KL 0.2 (1 seed): reward gain {row['reward_gain']:+.2f}" in closing
+    assert f"KL 0.2 (1 seed; 95 % bootstrap over prompts): reward gain {row['reward_gain']:+.2f} [" in closing
     assert "Warning" not in outputs_text(nb) and str(REPO) not in outputs_text(nb)

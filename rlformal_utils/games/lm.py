@@ -1,6 +1,9 @@
 """The language model of the game task: its tokenizer, the cached SFT model, and middles sampled and cut where brackets balance."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from transformers import AutoModelForCausalLM, StoppingCriteria, StoppingCriteriaList
 
@@ -50,31 +53,108 @@ def _base_model(config: dict, data: FimData):
     return AutoModelForCausalLM.from_pretrained(folder), load_tokenizer(folder)
 
 
-def sft_model_dir(config: dict, data: FimData):
-    """Folder of the SFT model (loss on the middle only, training games), built once per configuration
-    (``<cache>/games-sft``); ``sft_losses.csv`` in it holds the loss of every step."""
+def lora_config(rank: int, model_type: str | None):
+    """peft LoRA on every linear layer of the transformer blocks (alpha = 2 x rank, no dropout);
+    GPT-2's Conv1D layers store (in, out), hence ``fan_in_fan_out``."""
+    from peft import LoraConfig
+    return LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear", bias="none",
+                      task_type="CAUSAL_LM", fan_in_fan_out=model_type == "gpt2")
+
+
+def curve_steps(steps: int, points: int) -> list[int]:
+    """``points`` SFT step counts spread evenly up to ``steps`` (the last one is ``steps``)."""
+    if points <= 0 or steps <= 0:
+        return []
+    return sorted({max(1, round(k * steps / points)) for k in range(1, points + 1)})
+
+
+def sft_key(config: dict, data: FimData) -> dict:
+    """What the cached SFT model depends on (LoRA and checkpoints enter only when used, so the
+    full fine-tuning models cached before keep their folders)."""
     c = config
     key = dict(task="games-fim", train_games=data.train_games, max_middle_chars=c["max_middle_chars"],
                context_chars=c["context_chars"], vocab_size=c["vocab_size"] if c["model_size"] in MODEL_SIZES else None,
                model_size=c["model_size"], n_positions=c["n_positions"], steps=c["sft_steps"],
                batch_size=c["sft_batch_size"], lr=c["sft_lr"], seed=c["sft_seed"])
+    if c.get("lora_rank"):
+        key["lora_rank"] = c["lora_rank"]
+    if c.get("sft_curve_points"):
+        key["checkpoints"] = curve_steps(c["sft_steps"], c["sft_curve_points"])
+    return key
+
+
+def sft_model_dir(config: dict, data: FimData, cache_dir=None):
+    """Folder of the SFT model (loss on the middle + [EOS], training games), built once per configuration
+    (``<cache>/games-sft``); ``sft_losses.csv`` in it holds the loss of every step.
+
+    ``lora_rank > 0``: the base model stays frozen and LoRA adapters on every linear layer are
+    trained; the folder then holds the adapter (``adapter/``), a from-scratch base (``base/``;
+    a pretrained base is found by its name) and the merged model at its top, so every reader of a
+    plain model folder works unchanged. ``sft_curve_points > 0``: checkpoints at evenly spaced steps
+    of the same SFT in ``checkpoints/step_<n>`` (adapters only with LoRA)."""
+    c = config
+    checkpoints = curve_steps(c["sft_steps"], c.get("sft_curve_points", 0))
 
     def build(folder):
         model, tok = _base_model(config, data)
+        rank = c.get("lora_rank", 0)
+        if rank:
+            from peft import get_peft_model
+            if c["model_size"] in MODEL_SIZES:
+                model.save_pretrained(folder / "base")
+            torch.manual_seed(c["sft_seed"])  # the LoRA initialisation
+            model = get_peft_model(model, lora_config(rank, model.config.model_type))
         encoded = [encode_example(tok, e, c["context_chars"]) for e in data.train]
         encoded = [(ids, mask) for ids, mask in encoded if len(ids) <= c["n_positions"]]
+
+        def on_step(step, m):
+            if step in checkpoints:
+                m.save_pretrained(folder / "checkpoints" / f"step_{step}")
+
         losses = train_lm(model, [ids for ids, _ in encoded], tok.pad_token_id, steps=c["sft_steps"],
                           batch_size=c["sft_batch_size"], lr=c["sft_lr"], warmup_steps=min(50, c["sft_steps"] // 10),
-                          seed=c["sft_seed"], loss_masks=[m for _, m in encoded], desc="SFT")
+                          seed=c["sft_seed"], loss_masks=[m for _, m in encoded], desc="SFT",
+                          on_step=on_step if checkpoints else None)
         if losses:
             tail = losses[-20:]
             print(f"SFT {c['sft_steps']} steps on {len(encoded)} examples: loss {losses[0]:.3f} -> "
                   f"{sum(tail) / len(tail):.3f} (mean of the last {len(tail)})")
         atomic_write_text(folder / "sft_losses.csv", "loss\n" + "".join(f"{x:.5f}\n" for x in losses))
+        if rank:
+            model.save_pretrained(folder / "adapter")
+            model = model.merge_and_unload()
         model.save_pretrained(folder)
         tok.save_pretrained(folder)
+        atomic_write_text(folder / "sft.json", json.dumps(dict(model_size=c["model_size"], lora_rank=rank,
+                                                               checkpoints=checkpoints)))
 
-    return cached_dir("games-sft", key, build)
+    return cached_dir("games-sft", sft_key(config, data), build, cache_dir)
+
+
+def sft_info(folder) -> dict:
+    """How an SFT folder was trained: model_size, lora_rank, checkpoint steps (older folders: full fine-tuning)."""
+    path = Path(folder) / "sft.json"
+    return json.loads(path.read_text()) if path.exists() else dict(lora_rank=0, checkpoints=[])
+
+
+def load_base(folder, device="cpu"):
+    """The model a LoRA SFT started from (its base weights, without adapter)."""
+    info = sft_info(folder)
+    if (Path(folder) / "base").exists():
+        return AutoModelForCausalLM.from_pretrained(Path(folder) / "base").to(device)
+    from ..pretrained import causal_lm_dir
+    return AutoModelForCausalLM.from_pretrained(causal_lm_dir(info["model_size"])).to(device)
+
+
+def load_checkpoint(folder, step: int, device="cpu"):
+    """The SFT model after ``step`` steps (a checkpoint of ``sft_curve_points``), merged if LoRA."""
+    path = Path(folder) / "checkpoints" / f"step_{step}"
+    if not path.exists():
+        raise FileNotFoundError(f"no SFT checkpoint at step {step} in {folder}; saved: {sft_info(folder)['checkpoints']}")
+    if not sft_info(folder)["lora_rank"]:
+        return AutoModelForCausalLM.from_pretrained(path).to(device)
+    from peft import PeftModel
+    return PeftModel.from_pretrained(load_base(folder, device), path).merge_and_unload()
 
 
 def load_sft(folder, device="cpu"):
@@ -124,14 +204,15 @@ class _BalancedStop(StoppingCriteria):
 
 
 def generate_middles(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int, greedy: bool = False,
-                     batch_size: int = 16) -> list[dict]:
-    """Sample (or greedily decode) one middle per prompt; pure sampling (top_k 0, top_p 1,
-    temperature 1). Returns per prompt: ``ids`` (the kept response tokens, at least one),
+                     batch_size: int = 16, temperature: float = 1.0) -> list[dict]:
+    """Sample (or greedily decode) one middle per prompt; pure sampling (top_k 0, top_p 1) at
+    ``temperature`` (0 means greedy, like ``greedy=True``). Returns per prompt: ``ids`` (the kept response tokens, at least one),
     ``raw_ids`` (everything generated) and ``middle`` (the kept text, cut where brackets balance).
     Seed torch beforehand for reproducible samples. Runs in eval mode without gradients and
     leaves the model in the mode it was in."""
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    sampling = dict(do_sample=False) if greedy else dict(do_sample=True, top_k=0, top_p=1.0, temperature=1.0)
+    greedy = greedy or temperature == 0
+    sampling = dict(do_sample=False) if greedy else dict(do_sample=True, top_k=0, top_p=1.0, temperature=float(temperature))
     out, device = [], devices.of(model)
     with eval_mode(model):
         for i in range(0, len(prompts), batch_size):

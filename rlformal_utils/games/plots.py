@@ -10,7 +10,8 @@ from ..figures import band, fmt_mean_sd, mean_sd
 from ..runs import complete_runs
 
 ARMS = ["original", "sft", "ppo"]
-LABELS = {"original": "original middles", "sft": "SFT model", "ppo": "PPO model"}
+LABELS = {"original": "original middles", "sft": "SFT model", "ppo": "PPO model",
+          "sft_best": "SFT model at its best decoding", "rl_best": "RL model at its best decoding"}
 HELDOUT = {"compile_share": "compiles", "playable_share": "playable", "mean_reward": "mean reward",
            "exact_share": "copies original", "novel_playable_share": "novel & playable"}
 TRAINING = {"reward": "mean reward", "playable_share": "share playable", "compile_share": "share that compiles"}
@@ -25,7 +26,8 @@ def load_runs(results_dir) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         frames.append(pd.read_csv(run / "metrics.csv").assign(run=run.name, seed=seed))
         for arm, v in s["heldout"].items():
             rows.append(dict(v, run=run.name, seed=seed, arm=arm, ppo_steps=s["config"]["ppo_steps"],
-                             seconds_per_step=s["seconds_per_step"], train_seconds=s["train_seconds"]))
+                             seconds_per_step=s["seconds_per_step"], train_seconds=s["train_seconds"],
+                             **run_fields(s)))
         if (run / "samples.jsonl").exists():
             samples.append(pd.read_json(run / "samples.jsonl", lines=True).assign(run=run.name, seed=seed))
     if not rows:
@@ -34,12 +36,48 @@ def load_runs(results_dir) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
             pd.concat(samples, ignore_index=True) if samples else pd.DataFrame())
 
 
+# results/games_runs.csv: these first (NaN where a run lacks them), then each arm's held-out shares
+RUN_COLUMNS = ["model", "algorithm", "seed", "sft_steps", "rl_steps", "n_heldout_samples", "sft_playable",
+               "rl_playable", "rl_minus_sft", "rl_minus_sft_low", "rl_minus_sft_high", "sft_novel_playable",
+               "rl_novel_playable", "seconds_per_rl_step", "reward_seconds"]
+
+
+def run_fields(summary: dict) -> dict:
+    """A run's row of ``RUN_COLUMNS`` from its summary.json. With the deciding evaluation the
+    SFT / RL numbers are its sampled middles at each model's best decoding (RL - SFT with its paired
+    95 % interval); without it, the one sampled middle per example at temperature 1 (no interval)."""
+    c, h = summary["config"], summary["heldout"]
+    nan = float("nan")
+    model = c["model_size"] + (f"+lora{c['lora_rank']}" if c.get("lora_rank") else "")
+    out = dict(model=model, algorithm=c.get("algorithm", "ppo"), sft_steps=c.get("sft_steps", nan),
+               rl_steps=c.get("rl_steps", c.get("ppo_steps", nan)),
+               seconds_per_rl_step=summary.get("seconds_per_step", nan),
+               reward_seconds=summary.get("reward_stats", {}).get("seconds", nan))
+    d = summary.get("decision")
+    if d:
+        out.update(n_heldout_samples=d["n_heldout_samples"], sft_playable=d["sft"]["playable"],
+                   rl_playable=d["rl"]["playable"], rl_minus_sft=d["rl_minus_sft"],
+                   rl_minus_sft_low=d["rl_minus_sft_low"], rl_minus_sft_high=d["rl_minus_sft_high"],
+                   sft_novel_playable=d["sft"]["novel"], rl_novel_playable=d["rl"]["novel"])
+    else:
+        sft, rl = h.get("sft", {}), h.get("ppo", {})
+        out.update(n_heldout_samples=1, sft_playable=sft.get("playable_share", nan),
+                   rl_playable=rl.get("playable_share", nan),
+                   rl_minus_sft=rl.get("playable_share", nan) - sft.get("playable_share", nan),
+                   rl_minus_sft_low=nan, rl_minus_sft_high=nan, sft_novel_playable=sft.get("novel_playable_share", nan),
+                   rl_novel_playable=rl.get("novel_playable_share", nan))
+    return out
+
+
 def runs_table(heldout: pd.DataFrame) -> pd.DataFrame:
-    """``results/games_runs.csv``: one row per run, plain numbers (each arm's held-out shares side by side)."""
+    """``results/games_runs.csv``: one row per run, plain numbers: ``RUN_COLUMNS`` (NaN where a
+    run lacks them), then each arm's held-out shares side by side."""
     cols = list(HELDOUT) + ["novel_playable_games"]
     wide = heldout.pivot(index="run", columns="arm", values=cols)
     wide.columns = [f"{arm}_{col}" for col, arm in wide.columns]
-    first = heldout.groupby("run")[["seed", "ppo_steps", "n", "seconds_per_step", "train_seconds"]].first()
+    heldout = heldout.reindex(columns=list(dict.fromkeys([*heldout.columns, *RUN_COLUMNS])))
+    first = heldout.groupby("run", dropna=False)[list(dict.fromkeys(
+        RUN_COLUMNS + ["ppo_steps", "n", "seconds_per_step", "train_seconds"]))].first()
     table = first.join(wide[[f"{a}_{c}" for a in ARMS for c in cols if f"{a}_{c}" in wide]])
     return table.reset_index().sort_values(["seed", "run"]).reset_index(drop=True)
 
@@ -153,7 +191,7 @@ def samples_markdown(samples: pd.DataFrame, profile: str, n: int = 5) -> str:
     lines = [f"Synthesized games (profile `{profile}`)", ""]
     if samples.empty:
         return "\n".join(lines + ["no samples"]) + "\n"
-    gen = samples[samples["arm"] != "original"].copy()
+    gen = samples[samples["arm"].isin([a for a in LABELS if a != "original"])].copy()
     gen["rank"] = (~gen["novel"].astype(bool)).astype(int) * 2 + (~gen["playable"].astype(bool)).astype(int)
     show = gen.sort_values(["rank", "reward", "run", "game"], ascending=[True, False, True, True])
     for _, r in show.drop_duplicates("description").head(n).iterrows():
@@ -183,3 +221,29 @@ def findings(heldout: pd.DataFrame, metrics: pd.DataFrame) -> str:
         text.append(f"Training-batch reward: {fmt_mean_sd(early)} over the first {SMOOTH} steps, "
                     f"{fmt_mean_sd(late)} over the last {min(steps, SMOOTH * 4)} (mean ± sd over runs).")
     return "\n".join(text)
+
+
+def decision_text(samples: pd.DataFrame) -> str:
+    """RL - SFT on held-out playable, each model at its best decoding, paired over examples and
+    bootstrapped over examples then runs; "" when no run has the deciding evaluation."""
+    if samples.empty or "kind" not in samples or not samples["arm"].eq("rl_best").any():
+        return ""
+    from .evaluate import decision_over_seeds
+    d = decision_over_seeds(samples)
+    return (f"Held-out playable, RL - SFT (each at its best decoding, sampled middles): {d['diff']:+.3f}, "
+            f"95 % interval [{d['low']:+.3f}, {d['high']:+.3f}] (paired bootstrap over {d['n_examples']} examples, "
+            f"then over {d['n_seeds']} runs).")
+
+
+def most_different_markdown(results_dir, k: int = 5) -> str:
+    """The ``k`` novel playable games farthest from their nearest training game (token edit
+    distance) over all runs; "" when no run recorded them."""
+    rows = [dict(r, run=run.name) for run, s in complete_runs(results_dir) for r in s.get("most_different", [])]
+    if not rows:
+        return ""
+    rows = sorted({r["description"]: r for r in rows}.values(), key=lambda r: (-r["distance"], r["description"]))[:k]
+    lines = [f"The {len(rows)} novel playable games farthest from any training game (token edit distance over the rule text)", ""]
+    for r in rows:
+        lines += [f"- {r['distance']} edits ({r['relative_distance']:.0%} of its tokens) from "
+                  f"`{r['nearest_training_game']}` (run {r['run']}): `{r['description']}`"]
+    return "\n".join(lines) + "\n"

@@ -10,6 +10,7 @@ import torch
 
 from .fluency import ReviewLikeness, distinct_n, perplexity, repetition, response_nll
 from .params import judge_name, prompt_lengths, sampling
+from .ontask import make_ontask
 from .reward import MiniLMEncoder, is_positive, make_reward
 from .sampling import PROMPT_FORMATS, decode_pairs, make_prompts, prompt_prefix, sample_responses
 
@@ -17,18 +18,21 @@ from .sampling import PROMPT_FORMATS, decode_pairs, make_prompts, prompt_prefix,
 @dataclass
 class Scorers:
     """What every text is measured with: the reward PPO sees, the independent judge (never seen by
-    PPO) and review-likeness; ``classifier`` holds the MiniLM classifier's held-out metrics when the
-    reward or the judge is that classifier."""
+    PPO), review-likeness and the review-vs-other classifier (``ontask``, is it still a review?);
+    ``classifier`` holds the MiniLM sentiment classifier's held-out metrics when the reward or the
+    judge is that classifier."""
     reward: object
     judge: object
     judge_name: str
     likeness: ReviewLikeness
     classifier: dict | None = None
+    ontask: object | None = None
 
 
 def make_scorers(config: dict, train_reviews: pd.DataFrame, cache_dir=None) -> Scorers:
-    """The run's reward, judge and review-likeness bank (a sample of ``likeness_bank`` train-movie
-    snippets). The classifier and the bank's embeddings are cached by their configuration."""
+    """The run's reward, judge, review-likeness bank (a sample of ``likeness_bank`` train-movie
+    snippets) and review-vs-other classifier. The classifiers and the bank's embeddings are cached by
+    their configuration."""
     data, fraction, max_train = config["data"], config["heldout_fraction"], config["classifier_max_train"]
     reward = make_reward(config["reward"], data, fraction, max_train, cache_dir)
     judge = make_reward(judge_name(config), data, fraction, max_train, cache_dir)
@@ -37,7 +41,8 @@ def make_scorers(config: dict, train_reviews: pd.DataFrame, cache_dir=None) -> S
     bank = train_reviews.sample(min(config["likeness_bank"], len(train_reviews)), random_state=0)["text"]
     likeness = ReviewLikeness(encoder, bank, k=config["likeness_k"], cache_dir=cache_dir,
                               cache_key=dict(data=data, heldout_fraction=fraction))
-    return Scorers(reward, judge, judge_name(config), likeness, classifier)
+    ontask = make_ontask(data, fraction, max_train, cache_dir, encoder)
+    return Scorers(reward, judge, judge_name(config), likeness, classifier, ontask)
 
 
 LABELS = {0: "rotten/negative", 1: "fresh/positive"}
@@ -47,13 +52,17 @@ def real_review_scale(scorers: Scorers, held_reviews: pd.DataFrame, per_label: i
                       chars: int = 80) -> tuple[pd.DataFrame, float, pd.DataFrame]:
     """What the three measures give for real held-out reviews, cut to ``chars`` characters (about
     the length of review start + response): the mean reward, judge-positive share and
-    review-likeness per label (up to ``per_label`` reviews each), the mean review-likeness of all
+    review-likeness (and share judged a review) per label (up to ``per_label`` reviews each), the mean review-likeness of all
     of them, and the scored reviews themselves (one row each, ``label`` named)."""
     probe = pd.concat([d.sample(min(len(d), per_label), random_state=0) for _, d in held_reviews.groupby("label")])
     cut = probe["text"].str.slice(0, chars).tolist()
     probe = probe.assign(reward=scorers.reward(cut), judge_positive=is_positive(scorers.judge, scorers.judge(cut)),
                          review_similarity=scorers.likeness(cut))
-    scale = probe.groupby("label")[["reward", "judge_positive", "review_similarity"]].mean()
+    columns = ["reward", "judge_positive", "review_similarity"]
+    if scorers.ontask is not None:
+        probe["review_share"] = scorers.ontask(cut)
+        columns.append("review_share")
+    scale = probe.groupby("label")[columns].mean()
     return (scale.rename(index=LABELS), float(probe["review_similarity"].mean()),
             probe.assign(label=probe["label"].map(LABELS)))
 
@@ -67,13 +76,18 @@ def data_text(reviews: pd.DataFrame, train: pd.DataFrame, held: pd.DataFrame, sc
         c = scorers.classifier
         lines.append(f"classifier: {c['n_train']} train snippets, held-out accuracy {c['heldout_accuracy']:.3f} "
                      f"(balanced {c['heldout_balanced_accuracy']:.3f}; VADER {c['vader_heldout_accuracy']:.3f})")
+    if scorers.ontask is not None:
+        m = scorers.ontask.metrics
+        lines.append(f"review-vs-other: {m['n_train']} train texts; judged reviews: {m['heldout_review_share']:.2f} of "
+                     f"held-out reviews, {m['heldout_other_share']:.2f} of held-out non-review text")
     return "\n".join(lines)
 
 
 def evaluate(policy, reference, tokenizer, prompts: list[dict], reward_model, judge, seed: int,
-             likeness=None, batch_size: int = 256, **sampling) -> pd.DataFrame:
+             likeness=None, batch_size: int = 256, ontask=None, **sampling) -> pd.DataFrame:
     """One sampled response per held-out prompt, with its reward, the independent judge's score and
-    verdict, its NLL under the frozen base model and (with ``likeness``) its review-likeness.
+    verdict, its NLL under the frozen base model, (with ``likeness``) its review-likeness and (with
+    ``ontask``, the review-vs-other classifier) whether review start + response is judged a review.
 
     ``reference`` is the frozen base model, or None when ``policy`` is a peft (LoRA) model: the
     base is then the policy with its adapter disabled. Everything runs in eval mode without
@@ -98,13 +112,15 @@ def evaluate(policy, reference, tokenizer, prompts: list[dict], reward_model, ju
                            response_nll=nll[:, 0], response_tokens=nll[:, 1].astype(int)))
     if likeness is not None:
         df["review_similarity"] = likeness(full)
+    if ontask is not None:
+        df["review"] = ontask(full)
     return df
 
 
 def eval_summary(df: pd.DataFrame) -> dict:
     """Mean / median / sd of the reward, the judge's positive share, the perplexity under the frozen
     base (exp of the mean NLL per response token), distinct-1/2 and repetition of the responses,
-    and the mean review-likeness of review start + response."""
+    the mean review-likeness of review start + response and the share judged a review."""
     nll = df[["response_nll", "response_tokens"]].to_numpy(dtype=float)
     out = dict(reward_mean=float(df["reward"].mean()), reward_median=float(df["reward"].median()),
                reward_sd=float(df["reward"].std(ddof=0)), reward_positive_share=float(df["reward_positive"].mean()),
@@ -114,6 +130,8 @@ def eval_summary(df: pd.DataFrame) -> dict:
                repetition=repetition(df["response"]))
     if "review_similarity" in df:
         out["review_similarity"] = float(np.mean(df["review_similarity"]))
+    if "review" in df:
+        out["review_share"] = float(np.mean(df["review"]))
     out["n"] = len(df)
     return out
 
@@ -121,7 +139,7 @@ def eval_summary(df: pd.DataFrame) -> dict:
 def evaluate_policy(policy, reference, tokenizer, prompts: list[dict], scorers: Scorers, config: dict) -> pd.DataFrame:
     """``evaluate`` with the run's scorers, its sampling settings and its evaluation seed."""
     return evaluate(policy, reference, tokenizer, prompts, scorers.reward, scorers.judge, seed=config["data_seed"],
-                    likeness=scorers.likeness, **sampling(config))
+                    likeness=scorers.likeness, ontask=scorers.ontask, **sampling(config))
 
 
 # parameters that cannot change the untrained policy's held-out evaluation (a fresh LoRA adapter
@@ -136,7 +154,7 @@ def evaluate_before(config: dict, evaluate_fn, cache_dir=None) -> pd.DataFrame:
     the cache (``.cache/sentiment-before``): every RL seed and KL setting starts from the same model
     and is evaluated on the same prompts with the same sampling seed, so the result is the same."""
     from ..runs import cached_value
-    key = dict({k: v for k, v in config.items() if k not in _RL_ONLY}, version=2)
+    key = dict({k: v for k, v in config.items() if k not in _RL_ONLY}, version=3)
     return cached_value("sentiment-before", key, evaluate_fn, cache_dir)
 
 
@@ -155,9 +173,10 @@ def compare_prompt_formats(policy, reference, tokenizer, texts, scorers: Scorers
         result = eval_summary(evaluate_policy(policy, reference, tokenizer, prompts, scorers, config))
         rows[fmt] = dict(result, seconds=time.time() - t,
                          prompt_tokens=float(np.mean([len(p["query"]) for p in prompts])))
-    columns = ["review_similarity", "perplexity", "reward_mean", "judge_positive_share", "distinct_2",
-               "prompt_tokens", "seconds"]
-    return pd.DataFrame(rows).T[columns]
+    columns = ["review_similarity", "review_share", "perplexity", "reward_mean", "judge_positive_share",
+               "distinct_2", "prompt_tokens", "seconds"]
+    table = pd.DataFrame(rows).T
+    return table[[c for c in columns if c in table]]
 
 
 def before_after(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:

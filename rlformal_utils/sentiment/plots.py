@@ -25,17 +25,48 @@ def setting_label(config: dict) -> str:
     label = f"{policy}, reward {config['reward']}"
     if config.get("kl_mode", "frozen") != "frozen":
         label += f", KL ref = {config['kl_mode']}"
-    label += f", KL {config.get('kl_coef', 0.2):g}" + (" adaptive" if config.get("adaptive_kl", True) else "")
+    return f"{label}, {update_label(config)}"
+
+
+def update_label(config: dict) -> str:
+    """What the update did, apart from policy and reward: ``KL 0.2`` for PPO (``adaptive`` with trl's
+    controller); the group-relative update adds its name and every setting other than its defaults:
+    ``KL 0.05, group-relative k4, entropy 0.1``."""
+    label = f"KL {config.get('kl_coef', 0.2):g}" + (" adaptive" if config.get("adaptive_kl", True) else "")
+    algorithm = algorithm_of(config)
+    if algorithm == "ppo":
+        return label
+    label += f", {ALGORITHMS.get(algorithm, algorithm)} k{config.get('group_size', 4)}"
+    for key, name, default in [("group_epochs", "epochs", 1), ("entropy_coef", "entropy", 0.0),
+                               ("ppo_lr", "lr", 1e-3), ("ppo_batch_size", "batch", 16)]:
+        if config.get(key, default) != default:
+            label += f", {name} {config[key]:g}"
     return label
 
 
-def load_runs(results_dir: str | Path):
-    """All complete sentiment runs: (per-step metrics, one row per run, held-out samples)."""
+ALGORITHMS = {"ppo": "PPO", "group": "group-relative"}  # names for a reader
+
+
+def algorithm_of(config: dict) -> str:
+    """The update a run trained with; runs that do not name one are PPO runs."""
+    algorithm = config.get("algorithm")
+    return "ppo" if algorithm is None or algorithm != algorithm else str(algorithm)
+
+
+def load_runs(results_dir: str | Path, ontask=None, n_boot: int = 1000):
+    """All complete sentiment runs: (per-step metrics, one row per run, held-out samples).
+
+    With ``ontask`` (a function of a run's config giving its review-vs-other classifier, such as
+    ``ontask.ontask_for``), runs whose ``eval_samples.csv`` has no ``review_before`` /
+    ``review_after`` column get it from the texts, and their review share from it. Each run's row also holds the 95 % paired-bootstrap intervals (``n_boot`` resamples of
+    its held-out prompts, seed 0) of the reward gain, the judge's positive share after PPO, the
+    perplexity ratio and the review share after PPO (``<measure>_lo`` / ``_hi``)."""
+    from .intervals import interval_columns
     frames, rows, samples = [], [], []
     for run, summary in complete_runs(results_dir):
         cfg = summary["config"]
-        info = dict(run=run.name, algorithm=cfg.get("algorithm", "ppo"), setting=setting_label(cfg), seed=cfg["seed"], reward_name=cfg["reward"],
-                    judge_name=summary["judge"])
+        info = dict(run=run.name, setting=setting_label(cfg), seed=cfg["seed"], reward_name=cfg["reward"],
+                    judge_name=summary["judge"], algorithm=algorithm_of(cfg), update=update_label(cfg))
         m = pd.read_csv(run / "metrics.csv").assign(**info)
         frames.append(m)
         row = dict(info, policy=summary.get("policy_label", cfg["policy"]), lora_rank=cfg.get("lora_rank", 0),
@@ -49,9 +80,18 @@ def load_runs(results_dir: str | Path):
         for when in ("before", "after"):
             for k, v in summary[when].items():
                 row[f"{when}_{k}"] = v
-        rows.append(row)
         if (run / "eval_samples.csv").exists():
-            samples.append(pd.read_csv(run / "eval_samples.csv").assign(**info))
+            s = pd.read_csv(run / "eval_samples.csv")
+            if ontask is not None:
+                for when in ("before", "after"):
+                    if f"review_{when}" not in s:
+                        s[f"review_{when}"] = ontask(cfg)(s[f"text_{when}"].fillna("").astype(str).tolist())
+            for when in ("before", "after"):
+                if f"review_{when}" in s and f"{when}_review_share" not in row:
+                    row[f"{when}_review_share"] = float(s[f"review_{when}"].astype(float).mean())
+            row.update(interval_columns(s, n_boot=n_boot))
+            samples.append(s.assign(**info))
+        rows.append(row)
     if not frames:
         raise FileNotFoundError(f"no complete sentiment runs under {results_dir}")
     return (pd.concat(frames, ignore_index=True), pd.DataFrame(rows),
@@ -59,7 +99,7 @@ def load_runs(results_dir: str | Path):
 
 
 RUN_COLUMNS = {  # tidy per-run table: column -> column of load_runs()
-    "run": "run", "algorithm": "algorithm", "policy": "policy", "lora_rank": "lora_rank", "prompt_format": "prompt_format", "reward": "reward_name",
+    "run": "run", "algorithm": "algorithm", "update": "update", "policy": "policy", "lora_rank": "lora_rank", "prompt_format": "prompt_format", "reward": "reward_name",
     "kl_coef": "kl_coef", "adaptive_kl": "adaptive_kl", "seed": "seed", "steps": "steps", "batch_size": "batch_size",
     "ppo_epochs": "ppo_epochs", "ppo_lr": "ppo_lr", "n_heldout": "before_n",
     "reward_before": "before_reward_mean", "reward_after": "after_reward_mean",
@@ -68,18 +108,25 @@ RUN_COLUMNS = {  # tidy per-run table: column -> column of load_runs()
     "review_similarity_before": "before_review_similarity", "review_similarity_after": "after_review_similarity",
     "distinct_2_before": "before_distinct_2", "distinct_2_after": "after_distinct_2",
     "repetition_before": "before_repetition", "repetition_after": "after_repetition",
+    "review_share_before": "before_review_share", "review_share_after": "after_review_share",
     "final_kl": "final_kl", "train_seconds": "train_seconds", "wall_seconds": "notebook_seconds",
+    **{f"{m}_{end}": f"{m}_{end}" for m in ("reward_gain", "judge_positive_after", "perplexity_ratio",
+                                            "review_share_after") for end in ("lo", "hi")},
 }
 
 
 def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
     """``results/sentiment_runs.csv``: one row per run, plain numbers, plus the derived
-    ``reward_gain`` and ``perplexity_ratio`` (after / before)."""
+    ``reward_gain`` and ``perplexity_ratio`` (after / before) and the runs' 95 % bootstrap intervals
+    (``<measure>_lo`` / ``_hi``). Runs that name no ``algorithm`` are PPO runs."""
     out = pd.DataFrame({k: runs[v] if v in runs else np.nan for k, v in RUN_COLUMNS.items()})
+    out["algorithm"] = [algorithm_of(dict(algorithm=a)) for a in out["algorithm"]]
+    out["update"] = [u if isinstance(u, str) else update_label(dict(kl_coef=kl, adaptive_kl=ad is True, algorithm=a))
+                     for u, kl, ad, a in zip(out["update"], out["kl_coef"], out["adaptive_kl"], out["algorithm"])]
     out.insert(out.columns.get_loc("reward_after") + 1, "reward_gain", out["reward_after"] - out["reward_before"])
     out.insert(out.columns.get_loc("perplexity_after") + 1, "perplexity_ratio",
                out["perplexity_after"] / out["perplexity_before"])
-    return out.sort_values(["policy", "reward", "kl_coef", "seed"]).reset_index(drop=True)
+    return out.sort_values(["algorithm", "policy", "reward", "kl_coef", "seed"]).reset_index(drop=True)
 
 
 def plot_scale(probe: pd.DataFrame, reward_name: str):
@@ -254,7 +301,9 @@ def _pm(s: pd.Series, digits: int) -> str:
 
 
 def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per setting: held-out numbers before -> after PPO as mean ± sd over seeds."""
+    """One row per setting: held-out numbers before -> after PPO as mean ± sd over seeds, and the
+    reward gain and perplexity ratio with their 95 % t-interval over seeds."""
+    from .intervals import fmt_interval, t_interval
     out = []
     for setting, d in runs.groupby("setting"):
         row = {"setting": setting, "seeds": len(d), "PPO steps": int(d["steps"].iloc[0]),
@@ -264,11 +313,16 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
                                   ("judge_positive_share", "judge positive share", 3),
                                   ("reward_positive_share", "reward-model positive share", 3),
                                   ("perplexity", "base-model perplexity", 1),
-                                  ("review_similarity", "review-likeness", 3), ("distinct_2", "distinct-2", 3)]:
+                                  ("review_similarity", "review-likeness", 3), ("review_share", "review share", 3),
+                                  ("distinct_2", "distinct-2", 3)]:
             if f"before_{col}" not in d:
                 continue
             row[f"{name} before"] = _pm(d[f"before_{col}"], digits)
             row[f"{name} after"] = _pm(d[f"after_{col}"], digits)
+        gain = d["after_reward_mean"] - d["before_reward_mean"]
+        row["reward gain (95 % t-interval over seeds)"] = fmt_interval(*t_interval(gain)[:3], 2, True)
+        ratio = d["after_perplexity"] / d["before_perplexity"]
+        row["perplexity ratio (95 % t-interval over seeds)"] = fmt_interval(*t_interval(ratio)[:3], 2)
         acc = d["classifier_heldout_accuracy"].dropna()
         row["classifier held-out accuracy"] = f"{acc.iloc[0]:.3f}" if len(acc) else ""
         row["final KL (nats)"] = _pm(d["final_kl"], 2)
@@ -278,13 +332,21 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def median_seed(runs: pd.DataFrame, setting: str) -> int:
+    """The seed of ``setting`` whose held-out reward gain is the median over its seeds (of an even
+    number of seeds, the lower of the middle two; ties go to the lower seed)."""
+    d = runs[runs["setting"] == setting].assign(gain=lambda x: x["after_reward_mean"] - x["before_reward_mean"])
+    d = d.sort_values(["gain", "seed"], kind="stable")
+    return int(d["seed"].iloc[(len(d) - 1) // 2])
+
+
 def examples_table(runs: pd.DataFrame, samples: pd.DataFrame, n: int = 12) -> tuple[str, int, pd.DataFrame]:
-    """The before/after table: the first ``n`` held-out prompts of the setting with the most seeds
-    (its lowest seed), both responses and their rewards, text made safe for a Markdown table.
-    Returns (setting, seed, table)."""
+    """The before/after table: the first ``n`` held-out prompts of the setting with the most seeds,
+    from its seed with the median reward gain (``median_seed``), both responses and their rewards,
+    text made safe for a Markdown table. Returns (setting, seed, table)."""
     main = runs.groupby("setting")["seed"].count().sort_values(ascending=False, kind="stable").index[0]
     d = samples[samples["setting"] == main]
-    seed = int(d["seed"].min())
+    seed = median_seed(runs, main)
     table = d[d["seed"] == seed].head(n)[["prompt", "response_before", "reward_before", "response_after",
                                            "reward_after"]].round(2)
     for col in ("prompt", "response_before", "response_after"):
@@ -321,17 +383,18 @@ def _sweep_block(axes, table: pd.DataFrame, reward: str, judge: str) -> None:
         a.set_xticks(sorted(table["kl_coef"].unique()))
 
 
-def _ratio_axis(a, values) -> None:
-    """A log y-axis for the perplexity ratio (from ~1 to ~10: a linear axis hides the target 1.5)."""
-    a.set_yscale("log")
-    a.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-    a.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+def _ratio_axis(a, values, axis: str = "y") -> None:
+    """A log axis for the perplexity ratio (from ~1 to ~10: a linear axis hides the target 1.5)."""
+    target = a.yaxis if axis == "y" else a.xaxis
+    (a.set_yscale if axis == "y" else a.set_xscale)("log")
+    target.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    target.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ticks = (1, 1.5, 2, 3, 5, 10, 20, 50, 100)
     top = max(2.0, float(np.nanmax(values)))
     cover = next((t for t in ticks if t >= top * 1.05), top * 1.1)  # the first tick above every point
     low = min(1.0, float(np.nanmin(values)))
-    a.set_yticks([t for t in ticks if t <= cover])
-    a.set_ylim(low / 1.08, cover * 1.08)  # every point, and the target 1.5, inside the axes
+    (a.set_yticks if axis == "y" else a.set_xticks)([t for t in ticks if t <= cover])
+    (a.set_ylim if axis == "y" else a.set_xlim)(low / 1.08, cover * 1.08)  # every point and the target inside
 
 
 def _legend_below(fig, axes) -> None:
@@ -394,22 +457,121 @@ def fig_tradeoff(table: pd.DataFrame):
     return fig
 
 
+ALGORITHM_STYLE = {"ppo": ("C0", "o"), "group": ("C3", "s")}
+
+
+def _algorithm_style(algorithm: str, i: int):
+    return ALGORITHM_STYLE.get(algorithm, (f"C{i + 4}", "^D v<>"[i % 6]))
+
+
+def _shade(a, x_range, y_range) -> None:
+    """Shade the acceptance region (inside the current limits, which it leaves as they are)."""
+    (x0, x1), (y0, y1) = a.get_xlim(), a.get_ylim()
+    lo_x, hi_x = max(x_range[0], x0), min(x_range[1], x1)
+    lo_y, hi_y = max(y_range[0], y0), min(y_range[1], y1)
+    if lo_x < hi_x and lo_y < hi_y:
+        a.fill_between([lo_x, hi_x], lo_y, hi_y, color="#029e73", alpha=0.10, lw=0, label="our acceptance targets")
+    a.set_xlim(x0, x1)
+    a.set_ylim(y0, y1)
+
+
+def fig_frontier(table: pd.DataFrame, reward: str = "minilm-logreg"):
+    """What the reward gain costs: the held-out reward gain against the KL to the base model at the
+    end of training, the perplexity ratio (log axis), the judge's positive share and the share judged
+    a review after training. One dot per seed with its 95 % bootstrap interval over held-out prompts
+    (thin bars), one colour and marker per algorithm, a large open marker and a label per setting
+    at the mean over its seeds; shaded: our acceptance targets (gain >= 2 with perplexity ratio
+    <= 1.5; gain >= 2 with judge >= 0.8)."""
+    t = table[table["reward"] == reward].copy()
+    t["algorithm"] = [algorithm_of(dict(algorithm=x)) for x in t.get("algorithm", pd.Series("ppo", index=t.index))]
+    panels = [("final_kl", "KL to the base model at the end (nats)", None),
+              ("perplexity_ratio", "perplexity under the base model, after / before", "perplexity_ratio"),
+              ("judge_positive_after", "positive share of the judge after", "judge_positive_after"),
+              ("review_share_after", "share judged a review after", "review_share_after")]
+    panels = [p for p in panels if p[0] in t and t[p[0]].notna().any()]
+    cols = 2
+    rows = (len(panels) + 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(11, 4.3 * rows + 0.5), squeeze=False)
+    algorithms = sorted(t["algorithm"].unique(), key=lambda x: (x != "ppo", x))
+    settings = t.groupby(["algorithm", "policy", "update"], sort=True)
+    for a, (col, xlabel, interval) in zip(axes.ravel(), panels):
+        for i, algorithm in enumerate(algorithms):
+            color, marker = _algorithm_style(algorithm, i)
+            d = t[t["algorithm"] == algorithm]
+            xerr = yerr = None
+            if interval and f"{interval}_lo" in d:
+                xerr = np.abs(np.vstack([d[col] - d[f"{interval}_lo"], d[f"{interval}_hi"] - d[col]]).astype(float))
+                xerr = np.nan_to_num(xerr)
+            if "reward_gain_lo" in d:
+                yerr = np.nan_to_num(np.abs(np.vstack([d["reward_gain"] - d["reward_gain_lo"],
+                                                      d["reward_gain_hi"] - d["reward_gain"]]).astype(float)))
+            a.errorbar(d[col], d["reward_gain"], xerr=xerr, yerr=yerr, fmt="none", ecolor=color, alpha=0.3, lw=1)
+            a.scatter(d[col], d["reward_gain"], color=color, marker=marker, s=30, zorder=3,
+                      label=f"{ALGORITHMS.get(algorithm, algorithm)}: one seed")
+        for (algorithm, policy, update), d in settings:
+            color, marker = _algorithm_style(algorithm, algorithms.index(algorithm))
+            mx, my = d[col].mean(), d["reward_gain"].mean()
+            a.scatter([mx], [my], facecolors="none", edgecolors=color, marker=marker, s=160, lw=1.5, zorder=4)
+            short = update.replace(f", {ALGORITHMS.get(algorithm, algorithm)} ", ", ")
+            a.annotate(f"{short} ({len(d)})", (mx, my), xytext=(8, 6) if algorithm == "ppo" else (8, -15),
+                       textcoords="offset points", fontsize=9, color=color)
+        if col == "perplexity_ratio":
+            _ratio_axis(a, t[[col, f"{col}_lo", f"{col}_hi"]].to_numpy(dtype=float).ravel()
+                        if f"{col}_hi" in t else t[col], axis="x")
+        if col == "judge_positive_after":
+            a.set_xlim(min(0.3, t[col].min() - 0.05), 1.0)
+        if col == "review_share_after":
+            a.set_xlim(0, 1)
+            if "review_share_before" in t:
+                a.axvline(t["review_share_before"].mean(), color="0.5", ls=":", lw=1.2, label="before training")
+        a.set(xlabel=xlabel, ylabel=f"held-out reward gain ({reward})")
+        a.margins(y=0.12)
+        gain = (TARGETS["reward_gain"][0], np.inf)
+        if col == "perplexity_ratio":
+            _shade(a, (0, TARGETS["perplexity_ratio"][0]), gain)
+        elif col == "judge_positive_after":
+            _shade(a, (TARGETS["judge_positive_after"][0], np.inf), gain)
+        else:
+            _shade(a, (-np.inf, np.inf), gain)
+    for a in axes.ravel()[len(panels):]:
+        a.set_visible(False)
+    fig.suptitle("Reward gain against what it costs (held-out prompts). Dots: seeds, thin bars: their 95 % "
+                 "bootstrap intervals;\nopen markers: mean per setting, with its number of seeds", fontsize=11)
+    fig.tight_layout(rect=(0, 0.45 / fig.get_figheight(), 1, 1))
+    _legend_below(fig, axes)
+    return fig
+
+
 def findings(table: pd.DataFrame) -> str:
-    """The sweep in words, one line per setting: each measure as mean ± sd over seeds and, for the
-    classifier reward, how many seeds met the target."""
+    """The runs in words, one line per algorithm and setting: the reward gain, the judge's positive
+    share, the perplexity ratio and the review share after training, each as the mean over seeds
+    with its 95 % t-interval (one seed: its 95 % bootstrap interval over held-out prompts), and for
+    the classifier reward how many seeds met each target."""
+    from .intervals import fmt_interval, t_interval
+    t = table.copy()
+    t["algorithm"] = [algorithm_of(dict(algorithm=x)) for x in t.get("algorithm", pd.Series("ppo", index=t.index))]
     lines = []
-    for (policy, reward, kl), d in table.groupby(["policy", "reward", "kl_coef"]):
+    measures = [("reward_gain", "reward gain", True), ("judge_positive_after", "judge positive share", False),
+                ("perplexity_ratio", "perplexity ratio", False), ("review_share_after", "review share", False)]
+    groups = sorted(t.groupby(["algorithm", "policy", "reward", "kl_coef", "update"]),
+                    key=lambda kv: (kv[0][0] != "ppo", kv[0]))
+    for (algorithm, policy, reward, kl, update), d in groups:
         parts = []
-        for col, name, digits in [("reward_gain", "reward gain", 2), ("judge_positive_after", "judge positive share", 2),
-                                  ("perplexity_ratio", "perplexity ratio", 2)]:
-            m, sd, n = mean_sd(d[col])
-            text = f"{name} {m:+.{digits}f}" if col == "reward_gain" else f"{name} {m:.{digits}f}"
-            text += f" ± {sd:.{digits}f}" if n > 1 else ""
-            if reward != "vader":
+        for col, name, signed in measures:
+            if col not in d or d[col].isna().all():
+                continue
+            m, lo, hi, n = t_interval(d[col])
+            if n == 1 and f"{col}_lo" in d:
+                lo, hi = float(d[f"{col}_lo"].iloc[0]), float(d[f"{col}_hi"].iloc[0])
+            text = f"{name} {fmt_interval(m, lo, hi, 2, signed)}"
+            if reward != "vader" and col in TARGETS:
                 goal, sense = TARGETS[col]
                 met = int((d[col] >= goal).sum() if sense == ">=" else (d[col] <= goal).sum())
                 text += f" (target {sense} {goal:g}: {met}/{n} seeds)"
             parts.append(text)
-        lines.append(f"- {policy}, reward {reward}, KL {kl:g} ({len(d)} seed{'s' if len(d) > 1 else ''}): "
+        n = len(d)
+        name = ALGORITHMS.get(algorithm, algorithm)
+        lines.append(f"- {name}, {policy}, reward {reward}, {update.replace(f', {name} ', ', ')} "
+                     f"({n} seed{'s' if n > 1 else ''}; 95 % {'t-interval over seeds' if n > 1 else 'bootstrap over prompts'}): "
                      + "; ".join(parts))
     return "\n".join(lines)

@@ -8,6 +8,7 @@ ROW_NAMES = {
     "reward_positive_share": "positive share (reward model)", "judge_positive_share": "positive share (judge: {judge})",
     "judge_mean": "mean judge score ({judge})", "perplexity": "perplexity under the frozen base model",
     "response_tokens_mean": "response tokens (mean)", "review_similarity": "review-likeness",
+    "review_share": "share judged a review (review-vs-other)",
 }
 
 
@@ -35,4 +36,19 @@ def result_text(summary: dict) -> str:
         f"to {after['judge_positive_share']:.2f} (target 0.8), the perplexity under the frozen base from "
         f"{before['perplexity']:.1f} to {after['perplexity']:.1f} ({ratio:.2f}x; target <= 1.5x) and "
         f"review-likeness from {before['review_similarity']:.3f} to {after['review_similarity']:.3f} "
-        f"(real held-out reviews: {summary['real_review_similarity']:.3f}).")
+        f"(real held-out reviews: {summary['real_review_similarity']:.3f})"
+        + (f"; the share judged a review went from {before['review_share']:.2f} to {after['review_share']:.2f}"
+           if "review_share" in before and "review_share" in after else "") + "." + intervals_text(summary))
+
+
+INTERVAL_NAMES = {"reward_gain": "reward gain", "judge_positive_after": "judge positive share",
+                  "perplexity_ratio": "perplexity ratio", "review_share_after": "review share"}
+
+
+def intervals_text(summary: dict) -> str:
+    """`` 95 % intervals (paired bootstrap over the held-out prompts): reward gain [1.53, 2.26], ...``
+    from ``summary["intervals"]`` ({measure: (estimate, low, high)}, ``intervals.bootstrap_intervals``
+    of the run's ``eval_samples.csv``); empty when the summary has none."""
+    found = summary.get("intervals") or {}
+    parts = [f"{name} [{found[k][1]:.2f}, {found[k][2]:.2f}]" for k, name in INTERVAL_NAMES.items() if k in found]
+    return f" 95 % intervals (paired bootstrap over the held-out prompts): {', '.join(parts)}." if parts else ""
