@@ -128,6 +128,9 @@ def _cross_rules():
         ("games", dict(ppo_batch_size=12, ppo_mini_batch_size=5), "parameter ppo_mini_batch_size=5 must divide ppo_batch_size=12"),
         ("games", dict(ppo_batch_size=12, ppo_mini_batch_size=24), "parameter ppo_mini_batch_size=24 must divide ppo_batch_size=12"),
         ("games", dict(n_positions=512, max_new_tokens=257), "parameter max_new_tokens=257 must be at most n_positions / 2 = 256"),
+        ("games", dict(algorithm="group", ppo_batch_size=12, group_size=5),
+         "parameter group_size=5 is not allowed: it must be an integer in [2, 256] that divides ppo_batch_size=12 "
+         "(the middles of a step)"),
     ]
 
 
@@ -155,6 +158,8 @@ def _allowed_edges():
         ("games", dict(ppo_games=training[:2])),
         ("games", dict(ppo_batch_size=12, ppo_mini_batch_size=12)),
         ("games", dict(n_positions=512, max_new_tokens=256)),
+        ("games", dict(algorithm="group", ppo_batch_size=12, group_size=12)),
+        ("games", dict(algorithm="ppo", ppo_batch_size=12, group_size=5)),  # PPO ignores the group size
     ]
 
 
@@ -183,7 +188,7 @@ def test_every_check_rule_has_a_case_here():
     import ast
     import inspect
     import importlib
-    expected = {"arithmetic": 4, "sentiment": 7, "games": 4}
+    expected = {"arithmetic": 4, "sentiment": 7, "games": 5}
     for experiment, n in expected.items():
         source = inspect.getsource(importlib.import_module(f"rlformal_utils.{experiment}.params").check)
         raises = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Raise)]
