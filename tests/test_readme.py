@@ -65,11 +65,17 @@ PHRASES = {
     "4..15 purely sampled tokens": lambda: all(
         (s["config"]["response_min_tokens"], s["config"]["response_max_tokens"], s["config"]["top_k"],
          s["config"]["top_p"]) == (4, 15, 0, 1.0) for s in summaries("sentiment")),
-    "24 PPO steps of 16 prompts": lambda: {(r["steps"], r["batch_size"]) for r in sentiment_rows()} == {("24", "16")},
-    "swept over 0, 0.2 (three seeds) and 0.6": lambda: (
-        sorted({float(r["kl_coef"]) for r in sentiment_rows()}) == [0.0, 0.2, 0.6]
-        and sum(float(r["kl_coef"]) == 0.2 for r in sentiment_rows()) == 3),
-    "128 prompts from held-out movies": lambda: {r["n_heldout"] for r in sentiment_rows()} == {"128"},
+    "24 steps of 16 sampled responses": lambda: {(r["steps"], r["batch_size"]) for r in sentiment_rows()} == {("24", "16")},
+    "three seeds each: trl's PPO with a fixed KL coefficient of 0.2": lambda: sorted(
+        (s["config"].get("algorithm", "ppo"), s["config"]["kl_coef"], s["config"]["adaptive_kl"])
+        for s in summaries("sentiment") if s["config"].get("algorithm", "ppo") == "ppo") == [("ppo", 0.2, False)] * 3,
+    "8 responses per prompt": lambda: sorted(
+        (s["config"]["group_size"], s["config"]["kl_coef"], s["config"]["ppo_mini_batch_size"])
+        for s in summaries("sentiment") if s["config"].get("algorithm") == "group") == [(8, 0.1, 4)] * 3,
+    "KL coefficient 0.1, 4 updates per step": lambda: all(
+        s["config"]["kl_coef"] == 0.1 and s["config"]["ppo_batch_size"] // s["config"]["ppo_mini_batch_size"] == 4
+        for s in summaries("sentiment") if s["config"].get("algorithm") == "group"),
+    "256 prompts from held-out movies": lambda: {r["n_heldout"] for r in sentiment_rows()} == {"256"},
     "TRL's GPT-2 run gains +2.24": lambda: findings.TRL_SENTIMENT_GAIN == 2.24,
     "which ships 17 games": lambda: len(summaries("games")[0]["train_games"]) + len(games_config()["heldout_games"]) == 17,
     "the other 13 (SFT)": lambda: len(summaries("games")[0]["train_games"]) == 13,
