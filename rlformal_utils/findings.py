@@ -386,8 +386,8 @@ def arithmetic(d: Data) -> str:
 def ci(rows: list[dict], col: str, digits: int = 2, signed: bool = False, unit: str = "") -> str:
     """The mean over seeds with its 95 % t-interval; one seed: its 95 % bootstrap interval over the
     held-out prompts (``<col>_lo`` / ``_hi`` of sentiment_runs.csv) when it has one."""
-    from .sentiment.intervals import fmt_interval, t_interval
-    m, lo, hi, n = t_interval(num(rows, col))
+    from .sentiment.intervals import BOUNDS, fmt_interval, t_interval
+    m, lo, hi, n = t_interval(num(rows, col), bounds=BOUNDS.get(col, (-np.inf, np.inf)))
     if not n:
         return "n/a"
     if n == 1 and num(rows, f"{col}_lo") and num(rows, f"{col}_hi"):
@@ -478,7 +478,7 @@ def sentiment(d: Data) -> str:
                    f"{f' in {int(steps[0])} steps' if steps else ''}: gain {pm(num(high, 'reward_gain'), 2, False)}, "
                    f"judge {pm(num(high, 'judge_positive_after'), 2, False)}.")
     for profile, algorithm, update, rows in sentiment_settings(d):
-        if algorithm == "ppo":
+        if algorithm == "ppo" or profile == "long":  # the long profile's sweep: in the table above
             continue
         name = _algorithm_name(algorithm)
         out.append(f"- **{name[0].upper() + name[1:]} update, {_setting_name(algorithm, update)}**"

@@ -645,9 +645,9 @@ def test_summary_and_findings_use_the_sample_sd_over_seeds():
     assert summary.loc["p, reward minilm-logreg, KL 0", "minutes / run"] == "1.0 ± 0.0"
     text = plots.findings(table)
     line = next(l for l in text.splitlines() if "reward minilm-logreg, KL 0 " in l)
-    # gains 5.7 and 5.8: mean 5.75, sample sd 0.0707, t(0.975, 1) = 12.706 -> 5.75 ± 0.64
+    # gains 5.7 and 5.8: mean 5.75, sample sd 0.0707, t(0.975, 1) = 12.706 -> 5.75 ± 0.64; a share stops at 1
     assert "reward gain +5.75 [+5.11, +6.39] (target >= 2: 2/2 seeds)" in line
-    assert "judge positive share 0.93 [0.61, 1.24] (target >= 0.8: 2/2 seeds)" in line
+    assert "judge positive share 0.93 [0.61, 1.00] (target >= 0.8: 2/2 seeds)" in line
     assert "perplexity ratio 5.20 [5.20, 5.20] (target <= 1.5: 0/2 seeds)" in line
     assert "target" not in next(l for l in text.splitlines() if "reward vader, KL 0.2" in l)  # no targets for VADER
 

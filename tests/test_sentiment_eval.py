@@ -157,6 +157,8 @@ def test_t_interval_against_the_t_table():
     assert lo == pytest.approx(2 - 4.3027 / math.sqrt(3), abs=1e-4) and hi == pytest.approx(2 + 4.3027 / math.sqrt(3), abs=1e-4)
     m, lo, hi, n = I.t_interval([6.0, 6.1, float("nan")])
     assert n == 2 and hi - m == pytest.approx(12.7062 * 0.1 / math.sqrt(2) / math.sqrt(2), abs=1e-4)
+    # a share's interval stays in [0, 1]: 0.5 and 0.9 give 0.7 ± 12.7062 * 0.2828 / 1.4142 = 0.7 ± 2.54
+    assert I.t_interval([0.5, 0.9], bounds=(0.0, 1.0))[1:3] == (0.0, 1.0)
     m, lo, hi, n = I.t_interval([5.0])
     assert (m, n) == (5.0, 1) and math.isnan(lo) and math.isnan(hi)
     assert I.fmt_interval(2.0, 1.0, 3.0, 2, True) == "+2.00 [+1.00, +3.00]" and I.fmt_interval(2.0, math.nan, math.nan) == "2.00"
@@ -231,7 +233,7 @@ def test_findings_blocks_keep_algorithms_settings_and_profiles_apart(tmp_path):
     assert "**KL 0 (the paper's effective setting) (long profile) stays fluent**" in text  # ratio 1.2 <= 1.5
     assert "**PPO at KL 0.2 moves the reward less than TRL's run (+2.24), within the perplexity target.**" in text
     assert "**KL 0.6 (long profile) barely moves**" in text
-    assert "**Group-relative update, KL 0.05, k4, entropy 0.1** (long profile) (1 seed)" in text
+    assert "**Group-relative update, KL 0.2, k4** (3 seeds)" in text and "KL 0.05, k4, entropy 0.1**" not in text
 
 
 def test_a_runs_statement_gives_its_bootstrap_intervals_when_the_summary_has_them():
@@ -248,3 +250,14 @@ def test_a_runs_statement_gives_its_bootstrap_intervals_when_the_summary_has_the
     text = S.result_text(dict(summary, intervals=I.bootstrap_intervals(samples)))
     assert text.endswith(" 95 % intervals (paired bootstrap over the held-out prompts): reward gain [2.00, 2.00], "
                          "judge positive share [1.00, 1.00].")
+
+
+def test_group_settings_that_differ_only_in_the_update_never_share_a_label():
+    base = dict(kl_coef=0.2, adaptive_kl=False, algorithm="group", group_size=4, group_epochs=1, entropy_coef=0.0,
+                ppo_lr=1e-3, ppo_batch_size=16, ppo_mini_batch_size=16)
+    labels = {plots.update_label(dict(base, **change)) for change in
+              [{}, dict(ppo_mini_batch_size=4), dict(group_size=8), dict(entropy_coef=0.1), dict(ppo_lr=3e-3),
+               dict(group_epochs=2), dict(kl_coef=0.1)]}
+    assert len(labels) == 7
+    assert plots.update_label(dict(base, ppo_mini_batch_size=4)) == "KL 0.2, group-relative k4, mini-batch 4"
+    assert plots.update_label(dict(kl_coef=0.2, adaptive_kl=False)) == "KL 0.2"  # a PPO run names no group setting

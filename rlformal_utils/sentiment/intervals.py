@@ -68,9 +68,14 @@ def t_quantile(df: int, level: float = 0.95) -> float:
     return float(t.ppf(1 - (1 - level) / 2, df))
 
 
-def t_interval(values, level: float = 0.95) -> tuple[float, float, float, int]:
+BOUNDS = {"judge_positive_after": (0.0, 1.0), "review_share_after": (0.0, 1.0), "perplexity_ratio": (0.0, math.inf)}
+
+
+def t_interval(values, level: float = 0.95, bounds: tuple[float, float] = (-math.inf, math.inf)
+               ) -> tuple[float, float, float, int]:
     """(mean, low, high, n) of the mean over seeds: mean ± t(n-1) * sd / sqrt(n) with the sample sd
-    (ddof=1); low and high are NaN for fewer than two values. NaNs are dropped."""
+    (ddof=1), cut to ``bounds`` (a share stays in [0, 1], a ratio above 0: with few seeds the
+    interval is wide); low and high are NaN for fewer than two values. NaNs are dropped."""
     v = np.asarray([x for x in values if x == x], dtype=float)
     if not len(v):
         return float("nan"), float("nan"), float("nan"), 0
@@ -78,7 +83,7 @@ def t_interval(values, level: float = 0.95) -> tuple[float, float, float, int]:
     if len(v) < 2:
         return m, float("nan"), float("nan"), 1
     half = t_quantile(len(v) - 1, level) * float(v.std(ddof=1)) / math.sqrt(len(v))
-    return m, m - half, m + half, len(v)
+    return m, max(m - half, bounds[0]), min(m + half, bounds[1]), len(v)
 
 
 def fmt_interval(m: float, lo: float, hi: float, digits: int = 2, signed: bool = False, unit: str = "") -> str:

@@ -30,8 +30,8 @@ def setting_label(config: dict) -> str:
 
 def update_label(config: dict) -> str:
     """What the update did, apart from policy and reward: ``KL 0.2`` for PPO (``adaptive`` with trl's
-    controller); the group-relative update adds its name and every setting other than its defaults:
-    ``KL 0.05, group-relative k4, entropy 0.1``."""
+    controller); the group-relative update adds its name and every setting other than its defaults
+    (one mini-batch of the whole batch among them): ``KL 0.05, group-relative k4, entropy 0.1``."""
     label = f"KL {config.get('kl_coef', 0.2):g}" + (" adaptive" if config.get("adaptive_kl", True) else "")
     algorithm = algorithm_of(config)
     if algorithm == "ppo":
@@ -41,6 +41,8 @@ def update_label(config: dict) -> str:
                                ("ppo_lr", "lr", 1e-3), ("ppo_batch_size", "batch", 16)]:
         if config.get(key, default) != default:
             label += f", {name} {config[key]:g}"
+    if config.get("ppo_mini_batch_size", config.get("ppo_batch_size")) != config.get("ppo_batch_size"):
+        label += f", mini-batch {config['ppo_mini_batch_size']}"
     return label
 
 
@@ -547,7 +549,7 @@ def findings(table: pd.DataFrame) -> str:
     share, the perplexity ratio and the review share after training, each as the mean over seeds
     with its 95 % t-interval (one seed: its 95 % bootstrap interval over held-out prompts), and for
     the classifier reward how many seeds met each target."""
-    from .intervals import fmt_interval, t_interval
+    from .intervals import BOUNDS, fmt_interval, t_interval
     t = table.copy()
     t["algorithm"] = [algorithm_of(dict(algorithm=x)) for x in t.get("algorithm", pd.Series("ppo", index=t.index))]
     lines = []
@@ -560,7 +562,7 @@ def findings(table: pd.DataFrame) -> str:
         for col, name, signed in measures:
             if col not in d or d[col].isna().all():
                 continue
-            m, lo, hi, n = t_interval(d[col])
+            m, lo, hi, n = t_interval(d[col], bounds=BOUNDS.get(col, (-np.inf, np.inf)))
             if n == 1 and f"{col}_lo" in d:
                 lo, hi = float(d[f"{col}_lo"].iloc[0]), float(d[f"{col}_hi"].iloc[0])
             text = f"{name} {fmt_interval(m, lo, hi, 2, signed)}"
