@@ -261,3 +261,13 @@ def test_group_settings_that_differ_only_in_the_update_never_share_a_label():
     assert len(labels) == 7
     assert plots.update_label(dict(base, ppo_mini_batch_size=4)) == "KL 0.2, group-relative k4, mini-batch 4"
     assert plots.update_label(dict(kl_coef=0.2, adaptive_kl=False)) == "KL 0.2"  # a PPO run names no group setting
+
+
+def test_training_seconds_add_up_each_runs_step_times_from_zero():
+    """Hand-worked: two runs, PPO's and the group update's time columns, step 0 without times."""
+    import pandas as pd
+    from rlformal_utils.sentiment.plots import training_seconds
+    m = pd.DataFrame(dict(run=["a", "a", "a", "b", "b"], step=[0, 1, 2, 0, 1],
+                          time_generate=[None, 1.0, 2.0, None, 0.5], time_reward=[None, 0.5, 0.5, None, 0.25],
+                          time_ppo_step=[None, 3.0, 1.0, None, None], time_update=[None, None, None, None, 2.0]))
+    assert training_seconds(m).tolist() == [0.0, 4.5, 8.0, 0.0, 2.75]

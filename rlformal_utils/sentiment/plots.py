@@ -216,23 +216,44 @@ def _titled(title: str, common: str) -> str:
     return f"{title}\n{common}" if common else title
 
 
+TIME_COLUMNS = ("time_generate", "time_reward", "time_ppo_step", "time_update")  # the parts of a training step
+
+
+def training_seconds(metrics: pd.DataFrame) -> pd.Series:
+    """Seconds of training spent up to each logged step of its run (sampling, reward and update; the
+    held-out evaluations not counted): the cumulative sum of the step's time columns, 0 at step 0."""
+    cols = [c for c in TIME_COLUMNS if c in metrics]
+    per_step = metrics[cols].fillna(0.0).sum(axis=1) if cols else pd.Series(0.0, index=metrics.index)
+    return per_step.groupby(metrics["run"]).cumsum()
+
+
 def fig_over_steps(metrics: pd.DataFrame, col: str, ylabel: str, title: str, window: int = 5,
-                   by_reward: bool = False):
+                   by_reward: bool = False, against_seconds: bool = False):
     """One curve per setting: the mean over seeds of each run's rolling mean over ``window`` steps,
     with a ± sd band over seeds (ddof=1). ``by_reward`` gives each reward (each its own scale) its
-    own panel."""
+    own panel; ``against_seconds`` adds a panel against the training seconds spent (the mean over
+    seeds at each step), so updates of different cost compare at equal CPU time."""
     groups = list(metrics.groupby("reward_name")) if by_reward else [(None, metrics)]
-    fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 4.4), squeeze=False)
+    xs = ["step", "seconds"] if against_seconds else ["step"]
+    fig, axes = plt.subplots(1, len(groups) * len(xs), figsize=(6.5 * len(groups) * len(xs), 4.4), squeeze=False)
     settings = sorted(metrics["setting"].unique())
     short, common = short_labels(settings)
-    for ax, (reward, part) in zip(axes[0], groups):
+    metrics = metrics.assign(seconds=training_seconds(metrics))
+    panels = [(reward, part, x) for reward, part in groups for x in xs]
+    for ax, (reward, part, x) in zip(axes[0], panels):
         for setting, d in part.groupby("setting"):
             d = d.dropna(subset=[col]).copy()
             d["smooth"] = d.groupby("run")[col].transform(lambda s: s.rolling(window, min_periods=1).mean())
             n = d["run"].nunique()
-            band(ax, d, "step", "smooth", f"{short[setting]} ({n} seed{'s' if n > 1 else ''})",
-                 color=f"C{settings.index(setting)}")
-        ax.set(xlabel="PPO step", ylabel=ylabel + (f" ({reward})" if reward else ""), title=_titled(title, common))
+            label = f"{short[setting]} ({n} seed{'s' if n > 1 else ''})"
+            if x == "step":
+                band(ax, d, "step", "smooth", label, color=f"C{settings.index(setting)}")
+            else:
+                mean = d.groupby("step")[["seconds", "smooth"]].mean()
+                ax.plot(mean["seconds"], mean["smooth"], color=f"C{settings.index(setting)}", label=label)
+        ax.set(xlabel="training step" if x == "step" else
+               "training seconds (sampling, reward, update; one thread)",
+               ylabel=ylabel + (f" ({reward})" if reward else ""), title=_titled(title, common))
         ax.legend()
     fig.tight_layout()
     return fig
