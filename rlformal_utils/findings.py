@@ -246,19 +246,15 @@ def glance(d: Data) -> str:
                   "partly" if d.exact(PPO_TOKEN) else "not tested here"),
                  "arithmetic_learning_curves.png", "arithmetic.ipynb"))
     # 2. sentiment validates the setup
-    main = d.sentiment_rows(0.2)
-    gain = num(main, "reward_gain")
-    meets = sum(g >= 2.0 for g in gain)
+    main, group = d.sentiment_rows(0.2), quick_group(d)
     rows.append(("Sentiment alignment validates the setup",
-                 f"reward gain {pm(gain, 2, unit=' logits')} at KL 0.2 (TRL's GPT-2 run: +{TRL_SENTIMENT_GAIN}); "
-                 f"judge's positive share {mean(num(main, 'judge_positive_before'))} -> "
+                 f"PPO, KL 0.2: reward gain {pm(num(main, 'reward_gain'), 2, unit=' logits')} (TRL's GPT-2 run: "
+                 f"+{TRL_SENTIMENT_GAIN}); judge's positive share {mean(num(main, 'judge_positive_before'))} -> "
                  f"{pm(num(main, 'judge_positive_after'), 2, False)}; perplexity "
                  f"{pm(num(main, 'perplexity_ratio'), 2, False, unit='x')} the base model's"
-                 + "".join(f"; {_algorithm_name(a)} update: gain {pm(num(rows, 'reward_gain'), 2)}, "
-                           f"perplexity {pm(num(rows, 'perplexity_ratio'), 2, False, unit='x')}"
-                           for p, a, u, rows in sentiment_settings(d)
-                           if p == "quick" and a != "ppo" and float(rows[0]["kl_coef"]) == 0.2),
-                 sentiment_verdict(main), "sentiment_kl_sweep.png", "sentiment.ipynb"))
+                 + (f"; review share {mean(num(main, 'review_share_before'))} -> "
+                    f"{pm(num(main, 'review_share_after'), 2, False)}" if num(main, "review_share_after") else ""),
+                 sentiment_verdict(main), "sentiment_frontier.png", "sentiment.ipynb"))
     # 3. arithmetic collapses onto a naive answer
     rows.append(("Arithmetic: pure RL collapses onto a naive answer",
                  f"PPO, KL 0, no entropy term: {pm(d.exact(PPO_NONE))}, share of the most common answer "
@@ -280,14 +276,28 @@ def glance(d: Data) -> str:
     g = d.games[0] if d.games else None
     games_txt = (f"; games, one seed: playable {float(g['sft_playable_share']):.3f} (SFT) -> "
                  f"{float(g['ppo_playable_share']):.3f} (PPO), within noise" if g else "")
+    both = main + group
+    small_txt = (f"; small change (sentiment, PPO and group-relative, {len(both)} seeds): all three targets in "
+                 f"{sum(all_targets(r) for r in both)}/{len(both)}, perplexity ratio "
+                 f"{min(num(both, 'perplexity_ratio')):.2f}-{max(num(both, 'perplexity_ratio')):.2f}x" if both else "")
     rows.append(("Direct RL suits small changes better than learning new tasks",
                  f"new task (arithmetic from scratch): group-relative {pm(d.exact(GROUP_BATCH))}, supervised "
-                 f"{pm(sup)}{fewer}{games_txt}",
+                 f"{pm(sup)}{fewer}{games_txt}{small_txt}",
                  "partly", "arithmetic_learning_curves.png", "games.ipynb"))
     # ours
     rows.append(("*Ours:* group-relative update with batch entropy",
                  f"{pm(d.exact(GROUP_BATCH))} with batch entropy, {pm(d.exact(GROUP_NONE))} without, 1.0M answers",
                  "new here", "arithmetic_learning_curves.png", "arithmetic.ipynb"))
+    if group and main:
+        rows.append(("*Ours:* the group-relative update carries over to sentiment",
+                     f"{group_setting_text(group)}, same sampled responses as PPO: gain {pm(num(group, 'reward_gain'), 2)} vs "
+                     f"{pm(num(main, 'reward_gain'), 2, False)} ({difference_text(group, main, 'reward_gain')}); judge "
+                     f"{pm(num(group, 'judge_positive_after'), 2, False)} vs {pm(num(main, 'judge_positive_after'), 2, False)} "
+                     f"({difference_text(group, main, 'judge_positive_after')}); perplexity ratio "
+                     f"{pm(num(group, 'perplexity_ratio'), 2, False, unit='x')} vs "
+                     f"{pm(num(main, 'perplexity_ratio'), 2, False, unit='x')}; training "
+                     f"{mean(num(group, 'train_seconds'), 0)} vs {mean(num(main, 'train_seconds'), 0)} s per run",
+                     "new here", "sentiment_frontier.png", "sentiment_figures.ipynb"))
     rows.append(("*Ours:* it learns addition, not a table",
                  f"unseen additions {pm(d.exact(GROUP_BATCH, 'unseen'))} vs held-out "
                  f"{pm(d.exact(GROUP_BATCH), n=False)}",
@@ -301,6 +311,24 @@ def glance(d: Data) -> str:
         out.append(f"| {claim_} | {number} | **{verdict}** | {_link('figure', 'figures/' + fig)} | "
                    f"{_link(nb.replace('.ipynb', ''), 'notebooks/' + nb)} |")
     return "\n".join(out)
+
+
+def quick_group(d: Data) -> list[dict]:
+    """The quick profile's group-relative sentiment runs (its one setting)."""
+    return next((rows for p, a, _, rows in sentiment_settings(d) if p == "quick" and a == "group"), [])
+
+
+def group_setting_text(rows: list[dict]) -> str:
+    """``group-relative (k = 8, KL 0.1)`` from the runs' settings."""
+    r = rows[0]
+    k = f"k = {int(float(r['group_size']))}, " if r.get("group_size") else ""
+    return f"group-relative ({k}KL {float(r['kl_coef']):g})"
+
+
+def difference_text(a: list[dict], b: list[dict], col: str) -> str:
+    """``difference +1.65 [+0.62, +2.68]``: Welch's 95 % t-interval of the difference of the means."""
+    from .sentiment.intervals import difference_interval, fmt_interval
+    return "difference " + fmt_interval(*difference_interval(num(a, col), num(b, col)), digits=2, signed=True)
 
 
 def kl_coef_text(d: Data) -> str:

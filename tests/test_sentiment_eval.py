@@ -271,3 +271,18 @@ def test_training_seconds_add_up_each_runs_step_times_from_zero():
                           time_generate=[None, 1.0, 2.0, None, 0.5], time_reward=[None, 0.5, 0.5, None, 0.25],
                           time_ppo_step=[None, 3.0, 1.0, None, None], time_update=[None, None, None, None, 2.0]))
     assert training_seconds(m).tolist() == [0.0, 4.5, 8.0, 0.0, 2.75]
+
+
+def test_difference_interval_is_welchs_t_interval():
+    """Against scipy's own Welch test (an independent implementation) and a hand-worked equal case."""
+    from scipy.stats import ttest_ind
+    from rlformal_utils.sentiment.intervals import difference_interval
+    a, b = [4.36, 3.52, 4.18], [1.88, 3.08, 2.16]
+    diff, lo, hi = difference_interval(a, b)
+    ci = ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert abs(diff - (sum(a) / 3 - sum(b) / 3)) < 1e-12
+    assert abs(lo - ci.low) < 1e-9 and abs(hi - ci.high) < 1e-9
+    # equal sizes and variances: df = 2n - 2 = 4, half width t(4) * sqrt(2 s^2 / n) with s^2 = 1, n = 3
+    diff, lo, hi = difference_interval([1.0, 2.0, 3.0], [0.0, 1.0, 2.0])
+    assert diff == 1.0 and abs((hi - lo) / 2 - 2.7764451051977987 * (2 / 3) ** 0.5) < 1e-9
+    assert difference_interval([1.0], [0.0, 1.0])[1] != difference_interval([1.0], [0.0, 1.0])[1]  # NaN: one seed

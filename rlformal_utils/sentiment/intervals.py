@@ -86,6 +86,26 @@ def t_interval(values, level: float = 0.95, bounds: tuple[float, float] = (-math
     return m, max(m - half, bounds[0]), min(m + half, bounds[1]), len(v)
 
 
+def difference_interval(a, b, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean(a) - mean(b), low, high): Welch's t-interval of the difference of two settings' means
+    over their seeds (sample variances, Welch-Satterthwaite degrees of freedom); low and high are
+    NaN when either side has fewer than two values. NaNs are dropped."""
+    a = np.asarray([x for x in a if x == x], dtype=float)
+    b = np.asarray([x for x in b if x == x], dtype=float)
+    if not len(a) or not len(b):
+        return float("nan"), float("nan"), float("nan")
+    diff = float(a.mean() - b.mean())
+    if len(a) < 2 or len(b) < 2:
+        return diff, float("nan"), float("nan")
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    if va + vb == 0:
+        return diff, diff, diff
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    from scipy.stats import t
+    half = float(t.ppf(1 - (1 - level) / 2, df)) * math.sqrt(va + vb)
+    return diff, diff - half, diff + half
+
+
 def fmt_interval(m: float, lo: float, hi: float, digits: int = 2, signed: bool = False, unit: str = "") -> str:
     """``2.37 [0.80, 3.94]``; without an interval the value alone."""
     f = f"{{:{'+' if signed else ''}.{digits}f}}"
