@@ -326,9 +326,12 @@ def group_setting_text(rows: list[dict]) -> str:
 
 
 def difference_text(a: list[dict], b: list[dict], col: str) -> str:
-    """``difference +1.65 [+0.62, +2.68]``: Welch's 95 % t-interval of the difference of the means."""
+    """``difference +1.65 [+0.62, +2.68]``: Welch's 95 % t-interval of the difference of the means,
+    said to be inside the noise when it holds 0."""
     from .sentiment.intervals import difference_interval, fmt_interval
-    return "difference " + fmt_interval(*difference_interval(num(a, col), num(b, col)), digits=2, signed=True)
+    diff, lo, hi = difference_interval(num(a, col), num(b, col))
+    noise = f", inside the noise of {len(a)} + {len(b)} seeds" if lo <= 0 <= hi else ""
+    return "difference " + fmt_interval(diff, lo, hi, digits=2, signed=True) + noise
 
 
 def kl_coef_text(d: Data) -> str:
@@ -451,6 +454,8 @@ def sentiment_table(d: Data) -> str:
            "review share before -> after | distinct-2 after | KL at the end (nats) | seeds meeting gain / judge / "
            "ratio / all |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for profile, algorithm, update, rows in sentiment_settings(d):
+        if profile == "long" and algorithm != "ppo":
+            continue  # the group-relative sweep: results/long/sentiment_summary.md
         met = [sum(float(r["reward_gain"]) >= 2.0 for r in rows), sum(float(r["judge_positive_after"]) >= 0.8 for r in rows),
                sum(float(r["perplexity_ratio"]) <= 1.5 for r in rows), sum(all_targets(r) for r in rows)]
         review = (f"{mean(num(rows, 'review_share_before'))} -> {ci(rows, 'review_share_after')}"
@@ -462,7 +467,8 @@ def sentiment_table(d: Data) -> str:
                    f"{pm(num(rows, 'final_kl'), 1, False)} | {' / '.join(f'{m}/{len(rows)}' for m in met)} |")
     out.append("")
     out.append("Intervals: 95 % t-interval of the mean over seeds; for one seed, 95 % paired bootstrap over its "
-               "held-out prompts (1000 resamples). Targets: gain >= +2.0, judge >= 0.8, perplexity ratio <= 1.5x.")
+               "held-out prompts (1000 resamples). Targets: gain >= +2.0, judge >= 0.8, perplexity ratio <= 1.5x. "
+               "The group-relative sweep (long profile): `results/long/sentiment_summary.md`.")
     return "\n".join(out)
 
 
@@ -521,10 +527,11 @@ def sentiment(d: Data) -> str:
     if num(d.sentiment, "review_share_after"):
         per = "; ".join(f"{_algorithm_name(a)} at {_setting_name(a, u)}{' (long profile)' if p == 'long' else ''} "
                         f"{seeds_text(num(rows, 'review_share_after'), 2)}"
-                        for p, a, u, rows in sentiment_settings(d) if num(rows, "review_share_after"))
+                        for p, a, u, rows in sentiment_settings(d) if num(rows, "review_share_after")
+                        and (p == "quick" or float(rows[0]["kl_coef"]) == 0))
         out.append(f"- **Still reviews?** The review-vs-other classifier judges {mean(num(d.sentiment, 'review_share_before'))} "
                    f"of the base model's held-out texts (review start + response) to be reviews; after training: {per} "
-                   f"(one number per seed).")
+                   f"(one number per seed; every setting in `results/sentiment_summary.md` and `results/long/`).")
     return "\n".join(out) if out else "No sentiment runs in results/."
 
 

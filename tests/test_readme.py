@@ -66,7 +66,7 @@ PHRASES = {
         (s["config"]["response_min_tokens"], s["config"]["response_max_tokens"], s["config"]["top_k"],
          s["config"]["top_p"]) == (4, 15, 0, 1.0) for s in summaries("sentiment")),
     "24 steps of 16 sampled responses": lambda: {(r["steps"], r["batch_size"]) for r in sentiment_rows()} == {("24", "16")},
-    "three seeds each: trl's PPO with a fixed KL coefficient of 0.2": lambda: sorted(
+    "PPO** with a fixed KL coefficient of 0.2": lambda: sorted(
         (s["config"].get("algorithm", "ppo"), s["config"]["kl_coef"], s["config"]["adaptive_kl"])
         for s in summaries("sentiment") if s["config"].get("algorithm", "ppo") == "ppo") == [("ppo", 0.2, False)] * 3,
     "8 responses per prompt": lambda: sorted(
@@ -75,6 +75,10 @@ PHRASES = {
     "KL coefficient 0.1, 4 updates per step": lambda: all(
         s["config"]["kl_coef"] == 0.1 and s["config"]["ppo_batch_size"] // s["config"]["ppo_mini_batch_size"] == 4
         for s in summaries("sentiment") if s["config"].get("algorithm") == "group"),
+    "within 24 steps": lambda: {s["config"]["ppo_steps"] for s in summaries("sentiment")} == {24},
+    "PPO's KL coefficient (0, 0.6)": lambda: sorted(
+        s["config"]["kl_coef"] for s in summaries("sentiment", "long") if s["config"].get("algorithm", "ppo") == "ppo"
+    ) == [0.0, 0.6],
     "256 prompts from held-out movies": lambda: {r["n_heldout"] for r in sentiment_rows()} == {"256"},
     "TRL's GPT-2 run gains +2.24": lambda: findings.TRL_SENTIMENT_GAIN == 2.24,
     "which ships 17 games": lambda: len(summaries("games")[0]["train_games"]) + len(games_config()["heldout_games"]) == 17,

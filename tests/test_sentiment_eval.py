@@ -62,7 +62,7 @@ def test_the_classifier_tells_reviews_from_other_text_and_sees_collapse_and_drif
     assert m["heldout_spliced_other_share"] < 0.5 < m["heldout_spliced_review_share"], m
     collapse = O.review_shares(ontask, pd.read_csv(COLLAPSE))
     drift = O.review_shares(ontask, pd.read_csv(DRIFT))
-    assert collapse["before"] == drift["before"]   # the same base-model responses
+    # each against its own run's base-model responses (the runs may hold different numbers of prompts)
     assert collapse["after"] <= collapse["before"] - 0.15, collapse
     assert drift["after"] <= drift["before"] - 0.05, drift
     table = plots.runs_table(plots.load_runs(COLLAPSE.parent.parent, ontask=lambda config: ontask, n_boot=50)[1])
@@ -227,8 +227,8 @@ def test_findings_blocks_keep_algorithms_settings_and_profiles_apart(tmp_path):
     rows = findings.sentiment_table(d).splitlines()
     assert rows[2].startswith("| quick | PPO | KL 0.2 | 2 | +2.00 [-4.35, +8.35] |") and rows[2].endswith("| 1/2 / 1/2 / 2/2 / 1/2 |")
     assert rows[3].startswith("| quick | group-relative | KL 0.2, k4 | 3 |") and rows[3].endswith("| 3/3 / 2/3 / 2/3 / 1/3 |")
-    assert [r.split(" | ")[:3] for r in rows[4:7]] == [["| long", "PPO", "KL 0"], ["| long", "PPO", "KL 0.6"],
-                                                     ["| long", "group-relative", "KL 0.05, k4, entropy 0.1"]]
+    assert [r.split(" | ")[:3] for r in rows[4:6]] == [["| long", "PPO", "KL 0"], ["| long", "PPO", "KL 0.6"]]
+    assert rows[6] == "" and "entropy 0.1" not in "\n".join(rows)  # the long group sweep has its own table
     text = findings.sentiment(d)
     assert "**KL 0 (the paper's effective setting) (long profile) stays fluent**" in text  # ratio 1.2 <= 1.5
     assert "**PPO at KL 0.2 moves the reward less than TRL's run (+2.24), within the perplexity target.**" in text

@@ -236,12 +236,12 @@ def fig_over_steps(metrics: pd.DataFrame, col: str, ylabel: str, title: str, win
     with a ± sd band over seeds (ddof=1). ``by_reward`` gives each reward (each its own scale) its
     own panel; ``against_seconds`` adds a panel against the training seconds spent (the mean over
     seeds at each step), so updates of different cost compare at equal CPU time."""
+    metrics = metrics.assign(seconds=training_seconds(metrics))
     groups = list(metrics.groupby("reward_name")) if by_reward else [(None, metrics)]
     xs = ["step", "seconds"] if against_seconds else ["step"]
     fig, axes = plt.subplots(1, len(groups) * len(xs), figsize=(6.5 * len(groups) * len(xs), 4.4), squeeze=False)
     settings = sorted(metrics["setting"].unique())
     short, common = short_labels(settings)
-    metrics = metrics.assign(seconds=training_seconds(metrics))
     panels = [(reward, part, x) for reward, part in groups for x in xs]
     for ax, (reward, part, x) in zip(axes[0], panels):
         for setting, d in part.groupby("setting"):
