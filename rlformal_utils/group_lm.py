@@ -33,7 +33,7 @@ import torch
 from . import devices
 from .entropy import batch_entropy_stats
 from .modes import disable_dropout
-from .one_token import clipped_surrogate, group_advantages
+from .one_token import apply_gradients, clipped_surrogate, group_advantages
 
 
 @dataclass
@@ -154,12 +154,7 @@ class GroupLM:
                 entropy = batch_entropy_stats(logits, m)["batch_entropy"]  # each response's first token
                 if cfg.entropy_coef:
                     loss = loss - cfg.entropy_coef * entropy
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                norm = float("nan")
-                if cfg.max_grad_norm:
-                    norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
-                self.opt.step()
+                norm = apply_gradients(self.opt, self.params, loss, cfg.max_grad_norm)
                 with torch.no_grad():
                     log_ratio = logp - old_logp[rows]
                     stats["loss"].append(loss.item())

@@ -165,13 +165,19 @@ class _Trainer:
         self.max_grad_norm = max_grad_norm
 
     def _apply(self, loss: torch.Tensor) -> float:
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = float("nan")
-        if self.max_grad_norm:
-            norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm))
-        self.opt.step()
-        return norm
+        return apply_gradients(self.opt, self.params, loss, self.max_grad_norm)
+
+
+def apply_gradients(opt, params, loss: torch.Tensor, max_grad_norm: float | None) -> float:
+    """One optimizer step on ``loss``: gradients, clipped to ``max_grad_norm`` (if set), then the
+    step. Returns the gradient norm before clipping (NaN without clipping)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = float("nan")
+    if max_grad_norm:
+        norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+    opt.step()
+    return norm
 
 
 # ----------------------------------------------------------------------------- group-relative
