@@ -554,9 +554,11 @@ def games(d: Data) -> str:
 
 def sentiment_setup(d: Data) -> str:
     """The reward classifier's held-out numbers and the prompt-format probe, from the sentiment runs'
-    summary.json (the probe runs in one run only)."""
+    summary.json (the probe runs in one run of the long profile)."""
     out = []
-    for path in sorted((d.root / "results" / "sentiment").glob("*/summary.json")):
+    paths = [p for folder in (d.root / "results" / "sentiment", d.root / "results" / "long" / "sentiment")
+             for p in sorted(folder.glob("*/summary.json"))]
+    for path in paths:
         s = json.loads(path.read_text())
         c = s.get("classifier") or {}
         if c and not out:
@@ -566,7 +568,7 @@ def sentiment_setup(d: Data) -> str:
                        f"on fresh, {c['heldout_logit_mean_negative']:.2f} on rotten reviews.")
         probe = s.get("format_probe")
         if probe:
-            out.append(f"- Prompt-format probe (`{path.parent.name}`, base model): "
+            out.append(f"- Prompt-format probe (`{path.parent.name}`, {'long' if path.parts[-4] == 'long' else 'quick'} profile, base model): "
                        + "; ".join(f"`{k}` review-likeness {v['review_similarity']:.3f}, perplexity {v['perplexity']:.1f}, "
                                    f"{v['prompt_tokens']:.1f} prompt tokens, {v['seconds']:.0f} s"
                                    for k, v in sorted(probe.items())) + ".")

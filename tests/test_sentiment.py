@@ -235,12 +235,13 @@ def test_left_padded_batch_sampling_matches_one_prompt_at_a_time(tiny_lm):
         assert torch.equal(S.sample_responses(model, tok, [q], [n], top_k=1)[0], r)
 
 
-def test_response_nll_matches_a_token_by_token_computation(tiny_lm):
+@pytest.mark.parametrize("batch_size", [64, 2])  # one batch; several, sorted by length
+def test_response_nll_matches_a_token_by_token_computation(tiny_lm, batch_size):
     model, tok, texts = tiny_lm
     prompts = S.make_prompts(tok, texts, 6, seed=3)
     queries = [p["query"] for p in prompts]
     responses = [torch.tensor([5, 6, 7][: 1 + i % 3]) for i in range(6)]
-    got = S.response_nll(model, queries, responses, tok.pad_token_id)
+    got = S.response_nll(model, queries, responses, tok.pad_token_id, batch_size=batch_size)
     for (nll, n), q, r in zip(got, queries, responses):
         expected = 0.0
         for j in range(len(r)):  # one unpadded forward pass per response token

@@ -44,23 +44,28 @@ def repetition(texts) -> float:
 def response_nll(model, queries, responses, pad_id: int, batch_size: int = 64) -> np.ndarray:
     """Summed negative log-likelihood (nats) of each response given its prompt under ``model`` (a
     causal LM), and per-response token counts: returns an array of shape (n, 2). Runs in eval mode
-    without gradients and leaves the model in the mode it found."""
+    without gradients and leaves the model in the mode it found. Sequences are batched by length
+    (less padding), and the vocabulary projection is computed only from the first position that
+    predicts a response token on (``logits_to_keep``)."""
     out, device = np.zeros((len(queries), 2)), devices.of(model)
+    seqs = [torch.cat([q, r]) for q, r in zip(queries, responses)]
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     with eval_mode(model):
-        for s in range(0, len(queries), batch_size):
-            qs, rs = queries[s:s + batch_size], responses[s:s + batch_size]
-            seqs = [torch.cat([q, r]) for q, r in zip(qs, rs)]
-            width = max(len(x) for x in seqs)
-            ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+        for s in range(0, len(order), batch_size):
+            rows = order[s:s + batch_size]
+            width = max(len(seqs[i]) for i in rows)
+            ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
             att = torch.zeros_like(ids)
-            for i, x in enumerate(seqs):
-                ids[i, :len(x)] = x
-                att[i, :len(x)] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits[:, :-1].float().cpu()
-            tok_logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
-            for i, (q, r) in enumerate(zip(qs, rs)):
-                a = len(q) - 1  # logits at position t predict token t + 1
-                out[s + i] = (-tok_logp[i, a:a + len(r)].sum().item(), len(r))
+            for j, i in enumerate(rows):
+                ids[j, :len(seqs[i])] = seqs[i]
+                att[j, :len(seqs[i])] = 1
+            first = min(len(queries[i]) for i in rows) - 1  # logits at position t predict token t + 1
+            logits = model(input_ids=ids.to(device), attention_mask=att.to(device),
+                           logits_to_keep=width - first).logits[:, :-1].float().cpu()
+            tok_logp = torch.log_softmax(logits, -1).gather(-1, ids[:, first + 1:, None])[..., 0]
+            for j, i in enumerate(rows):
+                a = len(queries[i]) - 1 - first
+                out[i] = (-tok_logp[j, a:a + len(responses[i])].sum().item(), len(responses[i]))
     return out
 
 

