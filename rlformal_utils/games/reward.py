@@ -98,6 +98,7 @@ def playout_reward(p1_wins: int, p2_wins: int, draws: int, n: int) -> tuple[floa
 
 
 _LUDAX_READY = False
+_SPEEDUPS = {"on": True}  # evaluate_in_process(fast=...) sets it: off, ludax runs as installed
 _BOARD_CACHE: dict = {"folder": None}
 
 # XLA options of jax's ``jax_disable_most_optimizations``, given to one compilation only.
@@ -125,6 +126,8 @@ def _prepare_ludax() -> None:
     parsers: dict = {}
 
     def cached_lark(grammar, **options):
+        if not _SPEEDUPS["on"]:
+            return Lark(grammar, **options)
         key = (grammar, tuple(sorted(options.items())))
         if key not in parsers:
             parsers[key] = Lark(grammar, **options)
@@ -145,25 +148,79 @@ def _prepare_ludax() -> None:
         init_with_own_maps.original = original_init
         extractor.__init__ = init_with_own_maps
 
-    def by_board(fn):
+    def by_board(fn, faster=None):
         memo: dict = {}
 
         @functools.wraps(fn)
         def wrapper(game_info):
+            if not _SPEEDUPS["on"]:
+                return fn(game_info)
             key = (game_info.board_shape, tuple(game_info.board_dims or ()), game_info.board_size,
                    game_info.hex_diameter)
             if key not in memo:
-                memo[key] = _on_disk(fn, game_info, key)
+                memo[key] = _on_disk(faster or fn, game_info, key)
             return memo[key]
 
         wrapper.uncached = fn
         return wrapper
 
-    for name in ("_get_adjacency_lookup", "_get_slide_lookup"):
-        fn = getattr(ludax.utils, name)
-        if not hasattr(fn, "uncached"):
-            setattr(ludax.utils, name, by_board(fn))
+    if not hasattr(ludax.utils._get_adjacency_lookup, "uncached"):
+        per_cell = ludax.utils._get_adjacency_lookup
+        ludax.utils._get_adjacency_lookup = by_board(per_cell, _whole_board_adjacency(per_cell))
+    if not hasattr(ludax.utils._get_slide_lookup, "uncached"):
+        ludax.utils._get_slide_lookup = by_board(ludax.utils._get_slide_lookup)
     _LUDAX_READY = True
+
+
+def _whole_board_adjacency(per_cell):
+    """ludax's adjacency table computed for all cells at once (``per_cell``: ludax's own function).
+
+    ludax puts a single piece on each cell in turn (invalid hexagon cells read as EMPTY, -1),
+    convolves the board with one 0/1 kernel per direction ('SAME', zero padding) and marks the cells
+    where the sum is positive: thousands of small eager operations. Here the same integer sums are
+    taken for every cell at once with numpy, with ludax's kernels and its cell-to-board map; any
+    board this cannot handle goes to ``per_cell``, so errors are ludax's own."""
+    import functools
+
+    import jax.numpy as jnp
+    import numpy as np
+    import ludax.utils as U
+
+    def kernels_and_cells(game_info):
+        directions = U.BOARD_SHAPE_TO_DIRECTIONS[game_info.board_shape]
+        kernels = [np.asarray(U._get_adjacency_kernel(game_info, {U.OptionalArgs.DIRECTION: d}))[0, 0]
+                   for d in directions]
+        _, _, board_to_mask = U._get_mask_board_conversion_fns(game_info)
+        height, width = (int(d) for d in game_info.board_dims)
+        row_of, col_of = np.indices((height, width))  # numpy boards: ludax's own cell order, no jax op
+        rows, cols = (np.asarray(board_to_mask(grid)).astype(np.int64) for grid in (row_of, col_of))
+        return kernels, rows, cols
+
+    @functools.wraps(per_cell)
+    def adjacency(game_info):
+        try:
+            kernels, rows, cols = kernels_and_cells(game_info)
+            n = int(game_info.board_size)
+            height, width = (int(d) for d in game_info.board_dims)
+            if n <= 0 or rows.shape != (n,) or cols.shape != (n,):
+                raise ValueError("unexpected board")
+        except Exception:
+            return per_cell(game_info)
+        boards = np.full((n, height, width), int(U.EMPTY), dtype=np.int32)  # invalid cells read as EMPTY
+        boards[:, rows, cols] = 0
+        boards[np.arange(n), rows, cols] = 1
+        table = np.zeros((len(kernels), n, n), dtype=np.int8)
+        for c, kernel in enumerate(kernels):
+            kh, kw = kernel.shape
+            padded = np.pad(boards, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2)))
+            sums = np.zeros((n, height, width), dtype=np.int32)
+            for a, b in zip(*np.nonzero(kernel)):
+                sums += int(kernel[a, b]) * padded[:, a:a + height, b:b + width]
+            table[c] = sums[:, rows, cols] > 0
+        return jnp.asarray(table, dtype=U.BOARD_DTYPE)
+
+    adjacency.per_cell = per_cell
+    return adjacency
 
 
 def _on_disk(fn, game_info, key):
@@ -298,6 +355,7 @@ def evaluate_in_process(description: str, n_playouts: int = 100, max_turns: int 
     result = GameResult("no_compile", REWARD_NO_COMPILE, description_hash(description), n_playouts=n_playouts)
     try:
         _prepare_ludax()
+        _SPEEDUPS["on"] = bool(fast)
         import jax
         import numpy as np
         from ludax import LudaxEnvironment
