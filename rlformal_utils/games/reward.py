@@ -171,7 +171,54 @@ def _prepare_ludax() -> None:
         ludax.utils._get_adjacency_lookup = by_board(per_cell, _whole_board_adjacency(per_cell))
     if not hasattr(ludax.utils._get_slide_lookup, "uncached"):
         ludax.utils._get_slide_lookup = by_board(ludax.utils._get_slide_lookup)
+    for name in NUMPY_TABLES:
+        fn = getattr(ludax.utils, name)
+        if not hasattr(fn, "jax_only"):
+            setattr(ludax.utils, name, _with_numpy(fn))
     _LUDAX_READY = True
+
+
+# ludax helpers that build constant index tables from the board's geometry with jax.numpy calls,
+# one small eager operation (compiled anew for every new shape) per line or cell.
+NUMPY_TABLES = ("_get_line_indices", "_get_custodial_indices", "_get_edge_indices", "_get_row_indices",
+                "_get_column_indices", "_get_corner_indices")
+_IN_NUMPY = {"depth": 0}
+
+
+def _with_numpy(fn):
+    """``fn`` run with ludax.utils' ``jnp`` standing for numpy, its arrays then handed to jax.
+
+    These helpers only call array constructors (arange, array, stack, astype, slicing) that numpy
+    has with the same meaning, and cast their result to an explicit dtype, so the tables are the
+    same; jax's array of numpy's result has the dtype jax would have given. Anything else (an
+    error, a result that is not an array or a tuple of arrays) runs ``fn`` as ludax wrote it."""
+    import functools
+
+    import jax.numpy as jnp
+    import numpy as np
+    import ludax.utils as U
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if not _SPEEDUPS["on"] or _IN_NUMPY["depth"]:
+            return fn(*args, **kwargs)
+        real, U.jnp = U.jnp, np
+        _IN_NUMPY["depth"] += 1
+        try:
+            out = fn(*args, **kwargs)
+        except Exception:
+            out = None
+        finally:
+            _IN_NUMPY["depth"] -= 1
+            U.jnp = real
+        leaves = out if isinstance(out, tuple) else (out,)
+        if not all(type(x) is np.ndarray for x in leaves):
+            return fn(*args, **kwargs)
+        arrays = tuple(jnp.asarray(x) for x in leaves)
+        return arrays if isinstance(out, tuple) else arrays[0]
+
+    wrapper.jax_only = fn
+    return wrapper
 
 
 def _whole_board_adjacency(per_cell):
