@@ -4,7 +4,8 @@
 their games, unplayable and non-compiling ones) with the scores the reward gave them before any
 speed-up. The quick test re-scores a fixed subset of QUICK cases in this process with the speed-ups
 on and off (about 20 s each on 2 quiet cores); ``RLFORMAL_FULL_REWARD_FIXTURE=1`` re-scores all 43
-(minutes).
+(minutes). The tables ludax builds from a board's geometry are compared with ludax's own on boards of
+every shape, and ``fast=False`` must leave ludax as installed (the benchmark's "before").
 """
 import json
 import os
@@ -152,3 +153,28 @@ def test_index_tables_built_with_numpy_are_ludax_tables():
         assert runs == [True], (name, args[1:])  # built once, with numpy, no fallback
         assert _arrays(got) == _arrays(ludax_fn(*args)), (name, args[1:])
     assert R._with_numpy(lambda: [1, 2])() == [1, 2]  # not an array: ludax's own result
+
+
+def test_without_speedups_ludax_runs_as_installed(monkeypatch):
+    R._prepare_ludax()
+    import ludax
+    import ludax.environment
+    import ludax.utils as U
+    import numpy as np
+    info = _info("(square 3)")
+    runs = []
+
+    def table():
+        runs.append(U.jnp is np)
+        return np.zeros(2)
+
+    monkeypatch.setitem(R._SPEEDUPS, "on", False)
+    assert U._get_adjacency_lookup(info) is not U._get_adjacency_lookup(info)  # no memo
+    assert ludax.environment.Lark(ludax.grammar, start="game") is not ludax.environment.Lark(ludax.grammar, start="game")
+    R._with_numpy(table)()
+    monkeypatch.setitem(R._SPEEDUPS, "on", True)
+    assert U._get_adjacency_lookup(info) is U._get_adjacency_lookup(info)
+    assert ludax.environment.Lark(ludax.grammar, start="game") is ludax.environment.Lark(ludax.grammar, start="game")
+    R._with_numpy(table)()
+    assert runs == [False, True]
+    assert R.evaluate_in_process("(game", fast=False).status == "no_compile" and R._SPEEDUPS["on"]

@@ -14,28 +14,37 @@ Every exception raised by the engine is caught, so the reward is total on any st
 reports the engine's compile cost (``build_seconds``: parse + rule compilation, ``jit_seconds``:
 XLA compilation of the playout loop) beside ``play_seconds``.
 
-``_prepare_ludax`` applies two speed-ups that change no result (the Lark parser is built once
-instead of once per game; ludax's board-adjacency tables, an eager per-cell loop that depends only
-on the board, are memoised per board geometry) and works around one ludax bug: its
-``RenderingInfo`` keeps the piece-to-shape map as a class attribute, shared by every game built in
-a process, so after a few games with differently named pieces the shapes run out and a valid game
-fails to build ("IndexError: pop from empty list"). Each build gets its own map here.
+``_prepare_ludax`` wraps a few ludax functions (its files stay as installed) and works around one
+ludax bug: its ``RenderingInfo`` keeps the piece-to-shape map as a class attribute, shared by every
+game built in a process, so after a few games with differently named pieces the shapes run out and
+a valid game fails to build ("IndexError: pop from empty list"). Each build gets its own map here,
+in both settings below.
 
 With ``fast=True`` (the default) an evaluation is cheaper and scores the same (checked against
 scores captured without these in ``tests/games_reward_scores.json``; compare the costs with
-``python -m rlformal_utils.games.benchmark``):
+``python -m rlformal_utils.games.benchmark``); ``fast=False`` runs ludax as installed.
 
-* XLA compiles the playout loop with its optimisations off (``FAST_COMPILE_OPTIONS``): compiling
-  costs about half as much. Unoptimised code plays up to ~15x slower, which matters for long
-  games only, so the loop runs a slice of turns at a time and, once the playouts have taken as
-  long as that compilation, is compiled again optimised to finish them (``_staged_playouts``).
-  The computation is integer board logic plus jax's counter-based random bits, the loop is the
-  same, only cut into slices, so the outcomes are the same.
+* ludax builds its constant tables from the board's geometry with eager jax.numpy calls, one small
+  operation per cell or line, and every new array shape is an XLA compilation: on a board shape
+  not seen before that cost seconds. The board-adjacency table (ludax puts one piece on each cell
+  in turn and convolves the board with one 0/1 kernel per direction) is the same integer sums,
+  taken for all cells at once with numpy (``_whole_board_adjacency``); the index tables of lines,
+  custodial captures, edges, rows, columns and corners (``NUMPY_TABLES``) run ludax's own code
+  with numpy standing in for jax.numpy (``_with_numpy``). The tests compare both with ludax's
+  tables on square, rectangular, hexagonal and hex-rectangle boards, dtype included.
+* The Lark parser is built once instead of once per game; the adjacency and slide tables are
+  memoised per board geometry, and kept on disk when ``set_board_cache(folder)`` names a folder
+  (the rewarder's workers use ``<cache>/ludax-boards``), so a restarted worker or a later run
+  reads them.
+* XLA compiles the playout loop with its optimisations off and with the CPU backend's loop
+  emitters instead of its fusion emitters (``FAST_COMPILE_OPTIONS``): compiling, tracing
+  included, costs about a third as much. Unoptimised code plays up to ~15x slower, which matters
+  for long games only, so the loop runs a slice of turns at a time and, once the playouts have
+  taken as long as that compilation, is compiled again optimised to finish them
+  (``_staged_playouts``). The loop is the same, only cut into slices, over the same counter-based
+  random bits; the captured scores show the outcomes are the same.
 * The first position's legal moves come out of the compiled playout function instead of an
   eager ``env.init`` (dozens of small eagerly dispatched operations).
-* The board tables (see above) are also kept on disk when ``set_board_cache(folder)`` names a
-  folder (the rewarder's workers use ``<cache>/ludax-boards``), so a restarted worker or a later
-  run does not rebuild them; on a hexagonal board they cost seconds.
 """
 from __future__ import annotations
 
@@ -98,7 +107,7 @@ def playout_reward(p1_wins: int, p2_wins: int, draws: int, n: int) -> tuple[floa
 
 
 _LUDAX_READY = False
-_SPEEDUPS = {"on": True}  # evaluate_in_process(fast=...) sets it: off, ludax runs as installed
+_SPEEDUPS = {"on": True}  # off while evaluate_in_process(fast=False) runs: ludax runs as installed
 _BOARD_CACHE: dict = {"folder": None}
 
 # XLA options of jax's ``jax_disable_most_optimizations``, given to one compilation only, and the
@@ -113,7 +122,8 @@ def set_board_cache(folder) -> None:
 
 
 def _prepare_ludax() -> None:
-    """Import jax and ludax, apply the two result-neutral speed-ups and the shared-map fix (module doc)."""
+    """Import jax and ludax, wrap the functions of the result-neutral speed-ups (on while
+    ``_SPEEDUPS["on"]``) and apply the shared-map fix (module doc)."""
     global _LUDAX_READY
     if _LUDAX_READY:
         return
@@ -191,7 +201,9 @@ def _with_numpy(fn):
     These helpers only call array constructors (arange, array, stack, astype, slicing) that numpy
     has with the same meaning, and cast their result to an explicit dtype, so the tables are the
     same; jax's array of numpy's result has the dtype jax would have given. Anything else (an
-    error, a result that is not an array or a tuple of arrays) runs ``fn`` as ludax wrote it."""
+    error, a result that is not an array or a tuple of arrays) runs ``fn`` as ludax wrote it.
+    The swap is module-wide while ``fn`` runs: one game is built at a time in a process (as the
+    rewarder's workers do)."""
     import functools
 
     import jax.numpy as jnp
@@ -399,12 +411,20 @@ def _short(err: BaseException) -> str:
 def evaluate_in_process(description: str, n_playouts: int = 100, max_turns: int = 500,
                         seed: int = 0, fast: bool = True) -> GameResult:
     """Compile and play one description in this process (no timeout: see ``GameRewarder``).
-    ``fast=False`` turns off the speed-ups that change no score (module doc)."""
+    ``fast=False`` turns off the speed-ups that change no score: ludax runs as installed (module doc)."""
+    previous = _SPEEDUPS["on"]
+    _SPEEDUPS["on"] = bool(fast)
+    try:
+        return _evaluate(description, n_playouts, max_turns, seed, fast)
+    finally:
+        _SPEEDUPS["on"] = previous
+
+
+def _evaluate(description: str, n_playouts: int, max_turns: int, seed: int, fast: bool) -> GameResult:
     t0 = time.perf_counter()
     result = GameResult("no_compile", REWARD_NO_COMPILE, description_hash(description), n_playouts=n_playouts)
     try:
         _prepare_ludax()
-        _SPEEDUPS["on"] = bool(fast)
         import jax
         import numpy as np
         from ludax import LudaxEnvironment
