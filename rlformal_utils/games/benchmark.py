@@ -26,13 +26,14 @@ from .fim import bundled_games, normalise
 from .rewarder import GameRewarder
 
 FIXTURE = Path(__file__).resolve().parents[2] / "tests" / "games_reward_scores.json"
+PREFIX = {"generated": "gen:", "bundled": "bundled:"}  # how the fixture names each kind of case
 
 
 def playable_cases(limit: int = 0, kind: str = "generated") -> list[tuple[str, str]]:
     games = {n: normalise(t) for n, t in bundled_games().items()}
     out = []
     for case in json.loads(FIXTURE.read_text())["cases"]:
-        if case["status"] != "playable" or (kind != "all" and not case["name"].startswith(kind[:3] + ":")):
+        if case["status"] != "playable" or (kind != "all" and not case["name"].startswith(PREFIX[kind])):
             continue
         text = games[case["game"]]
         if case["edit"] is not None:
