@@ -4,7 +4,8 @@
 their games, unplayable and non-compiling ones) with the scores the reward gave them before any
 speed-up. The quick test re-scores a fixed subset of QUICK cases in this process with the speed-ups
 on and off (about 20 s each on 2 quiet cores); ``RLFORMAL_FULL_REWARD_FIXTURE=1`` re-scores all 43
-(minutes).
+(minutes). The tables ludax builds from a board's geometry are compared with ludax's own on boards of
+every shape, and ``fast=False`` must leave ludax as installed (the benchmark's "before").
 """
 import json
 import os
@@ -94,3 +95,86 @@ def _board_info(text: str):
     from lark import Lark
     from ludax.game_info import GameInfoExtractor
     return GameInfoExtractor()(Lark(ludax.grammar, start="game").parse(text))[0]
+
+
+BOARDS = ["(square 1)", "(square 3)", "(square 4)", "(rectangle 2 5)", "(hexagon 3)", "(hexagon 5)",
+          "(hex_rectangle 3 4)", "(hex_rectangle 1 3)"]
+
+
+def _info(board: str):
+    case = next(c for c in FIXTURE["cases"] if c["name"] == "bundled:tic_tac_toe")
+    text = description(case)
+    assert "(board (square 3))" in text
+    return _board_info(text.replace("(board (square 3))", f"(board {board})"))
+
+
+def _arrays(out):
+    import numpy as np
+    return [(a.shape, str(a.dtype), getattr(a, "weak_type", None), np.asarray(a).tolist())
+            for a in (out if isinstance(out, tuple) else (out,))]
+
+
+def test_whole_board_adjacency_is_ludax_per_cell_table():
+    R._prepare_ludax()
+    import ludax.utils
+    per_cell = ludax.utils._get_adjacency_lookup.uncached
+    whole = R._whole_board_adjacency(per_cell)
+    for board in BOARDS:
+        info = _info(board)
+        assert _arrays(whole(info)) == _arrays(per_cell(info)), board
+    table = whole(_info("(square 3)")).tolist()  # 8 directions, opposite ones at c and 7 - c; cells row by row
+    centre = [[j for j in range(9) if table[c][4][j]] for c in range(8)]
+    assert sorted(sum(centre, [])) == [0, 1, 2, 3, 5, 6, 7, 8] and all(len(n) == 1 for n in centre)
+    assert all(centre[c][0] + centre[7 - c][0] == 8 for c in range(8))  # opposite directions, mirrored cells
+    assert sum(table[c][0][j] for c in range(8) for j in range(9)) == 3  # a corner has three neighbours
+
+
+def test_index_tables_built_with_numpy_are_ludax_tables():
+    R._prepare_ludax()
+    import numpy as np
+    import ludax.utils as U
+    from ludax.config import EdgeTypes, Orientations
+    calls = []
+    for board in BOARDS:
+        info = _info(board)
+        calls += [("_get_line_indices", (info, n, o)) for n in (2, 3, 4) for o in Orientations]
+        calls += [("_get_custodial_indices", (info, n, o)) for n in (1, 2) for o in ("any", "horizontal")]
+        calls += [("_get_edge_indices", (info, e)) for e in EdgeTypes]
+        calls += [("_get_row_indices", (info, 0)), ("_get_column_indices", (info, 1)), ("_get_corner_indices", (info,))]
+    for name, args in calls:
+        ludax_fn = getattr(U, name).jax_only
+        runs = []
+
+        def counted(*a):
+            runs.append(U.jnp is np)
+            return ludax_fn(*a)
+
+        got = R._with_numpy(counted)(*args)
+        assert runs == [True], (name, args[1:])  # built once, with numpy, no fallback
+        assert _arrays(got) == _arrays(ludax_fn(*args)), (name, args[1:])
+    assert R._with_numpy(lambda: [1, 2])() == [1, 2]  # not an array: ludax's own result
+
+
+def test_without_speedups_ludax_runs_as_installed(monkeypatch):
+    R._prepare_ludax()
+    import ludax
+    import ludax.environment
+    import ludax.utils as U
+    import numpy as np
+    info = _info("(square 3)")
+    runs = []
+
+    def table():
+        runs.append(U.jnp is np)
+        return np.zeros(2)
+
+    monkeypatch.setitem(R._SPEEDUPS, "on", False)
+    assert U._get_adjacency_lookup(info) is not U._get_adjacency_lookup(info)  # no memo
+    assert ludax.environment.Lark(ludax.grammar, start="game") is not ludax.environment.Lark(ludax.grammar, start="game")
+    R._with_numpy(table)()
+    monkeypatch.setitem(R._SPEEDUPS, "on", True)
+    assert U._get_adjacency_lookup(info) is U._get_adjacency_lookup(info)
+    assert ludax.environment.Lark(ludax.grammar, start="game") is ludax.environment.Lark(ludax.grammar, start="game")
+    R._with_numpy(table)()
+    assert runs == [False, True]
+    assert R.evaluate_in_process("(game", fast=False).status == "no_compile" and R._SPEEDUPS["on"]

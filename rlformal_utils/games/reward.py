@@ -14,28 +14,37 @@ Every exception raised by the engine is caught, so the reward is total on any st
 reports the engine's compile cost (``build_seconds``: parse + rule compilation, ``jit_seconds``:
 XLA compilation of the playout loop) beside ``play_seconds``.
 
-``_prepare_ludax`` applies two speed-ups that change no result (the Lark parser is built once
-instead of once per game; ludax's board-adjacency tables, an eager per-cell loop that depends only
-on the board, are memoised per board geometry) and works around one ludax bug: its
-``RenderingInfo`` keeps the piece-to-shape map as a class attribute, shared by every game built in
-a process, so after a few games with differently named pieces the shapes run out and a valid game
-fails to build ("IndexError: pop from empty list"). Each build gets its own map here.
+``_prepare_ludax`` wraps a few ludax functions (its files stay as installed) and works around one
+ludax bug: its ``RenderingInfo`` keeps the piece-to-shape map as a class attribute, shared by every
+game built in a process, so after a few games with differently named pieces the shapes run out and
+a valid game fails to build ("IndexError: pop from empty list"). Each build gets its own map here,
+in both settings below.
 
 With ``fast=True`` (the default) an evaluation is cheaper and scores the same (checked against
 scores captured without these in ``tests/games_reward_scores.json``; compare the costs with
-``python -m rlformal_utils.games.benchmark``):
+``python -m rlformal_utils.games.benchmark``); ``fast=False`` runs ludax as installed.
 
-* XLA compiles the playout loop with its optimisations off (``FAST_COMPILE_OPTIONS``): compiling
-  costs about half as much. Unoptimised code plays up to ~15x slower, which matters for long
-  games only, so the loop runs a slice of turns at a time and, once the playouts have taken as
-  long as that compilation, is compiled again optimised to finish them (``_staged_playouts``).
-  The computation is integer board logic plus jax's counter-based random bits, the loop is the
-  same, only cut into slices, so the outcomes are the same.
+* ludax builds its constant tables from the board's geometry with eager jax.numpy calls, one small
+  operation per cell or line, and every new array shape is an XLA compilation: on a board shape
+  not seen before that cost seconds. The board-adjacency table (ludax puts one piece on each cell
+  in turn and convolves the board with one 0/1 kernel per direction) is the same integer sums,
+  taken for all cells at once with numpy (``_whole_board_adjacency``); the index tables of lines,
+  custodial captures, edges, rows, columns and corners (``NUMPY_TABLES``) run ludax's own code
+  with numpy standing in for jax.numpy (``_with_numpy``). The tests compare both with ludax's
+  tables on square, rectangular, hexagonal and hex-rectangle boards, dtype included.
+* The Lark parser is built once instead of once per game; the adjacency and slide tables are
+  memoised per board geometry, and kept on disk when ``set_board_cache(folder)`` names a folder
+  (the rewarder's workers use ``<cache>/ludax-boards``), so a restarted worker or a later run
+  reads them.
+* XLA compiles the playout loop with its optimisations off and with the CPU backend's loop
+  emitters instead of its fusion emitters (``FAST_COMPILE_OPTIONS``): compiling, tracing
+  included, costs about a third as much. Unoptimised code plays up to ~15x slower, which matters
+  for long games only, so the loop runs a slice of turns at a time and, once the playouts have
+  taken as long as that compilation, is compiled again optimised to finish them
+  (``_staged_playouts``). The loop is the same, only cut into slices, over the same counter-based
+  random bits; the captured scores show the outcomes are the same.
 * The first position's legal moves come out of the compiled playout function instead of an
   eager ``env.init`` (dozens of small eagerly dispatched operations).
-* The board tables (see above) are also kept on disk when ``set_board_cache(folder)`` names a
-  folder (the rewarder's workers use ``<cache>/ludax-boards``), so a restarted worker or a later
-  run does not rebuild them; on a hexagonal board they cost seconds.
 """
 from __future__ import annotations
 
@@ -98,10 +107,13 @@ def playout_reward(p1_wins: int, p2_wins: int, draws: int, n: int) -> tuple[floa
 
 
 _LUDAX_READY = False
+_SPEEDUPS = {"on": True}  # off while evaluate_in_process(fast=False) runs: ludax runs as installed
 _BOARD_CACHE: dict = {"folder": None}
 
-# XLA options of jax's ``jax_disable_most_optimizations``, given to one compilation only.
-FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+# XLA options of jax's ``jax_disable_most_optimizations``, given to one compilation only, and the
+# CPU backend's older loop emitters instead of its fusion emitters (half the compile time again).
+FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
+                        "xla_cpu_use_fusion_emitters": False}
 
 
 def set_board_cache(folder) -> None:
@@ -110,7 +122,8 @@ def set_board_cache(folder) -> None:
 
 
 def _prepare_ludax() -> None:
-    """Import jax and ludax, apply the two result-neutral speed-ups and the shared-map fix (module doc)."""
+    """Import jax and ludax, wrap the functions of the result-neutral speed-ups (on while
+    ``_SPEEDUPS["on"]``) and apply the shared-map fix (module doc)."""
     global _LUDAX_READY
     if _LUDAX_READY:
         return
@@ -125,6 +138,8 @@ def _prepare_ludax() -> None:
     parsers: dict = {}
 
     def cached_lark(grammar, **options):
+        if not _SPEEDUPS["on"]:
+            return Lark(grammar, **options)
         key = (grammar, tuple(sorted(options.items())))
         if key not in parsers:
             parsers[key] = Lark(grammar, **options)
@@ -145,25 +160,128 @@ def _prepare_ludax() -> None:
         init_with_own_maps.original = original_init
         extractor.__init__ = init_with_own_maps
 
-    def by_board(fn):
+    def by_board(fn, faster=None):
         memo: dict = {}
 
         @functools.wraps(fn)
         def wrapper(game_info):
+            if not _SPEEDUPS["on"]:
+                return fn(game_info)
             key = (game_info.board_shape, tuple(game_info.board_dims or ()), game_info.board_size,
                    game_info.hex_diameter)
             if key not in memo:
-                memo[key] = _on_disk(fn, game_info, key)
+                memo[key] = _on_disk(faster or fn, game_info, key)
             return memo[key]
 
         wrapper.uncached = fn
         return wrapper
 
-    for name in ("_get_adjacency_lookup", "_get_slide_lookup"):
+    if not hasattr(ludax.utils._get_adjacency_lookup, "uncached"):
+        per_cell = ludax.utils._get_adjacency_lookup
+        ludax.utils._get_adjacency_lookup = by_board(per_cell, _whole_board_adjacency(per_cell))
+    if not hasattr(ludax.utils._get_slide_lookup, "uncached"):
+        ludax.utils._get_slide_lookup = by_board(ludax.utils._get_slide_lookup)
+    for name in NUMPY_TABLES:
         fn = getattr(ludax.utils, name)
-        if not hasattr(fn, "uncached"):
-            setattr(ludax.utils, name, by_board(fn))
+        if not hasattr(fn, "jax_only"):
+            setattr(ludax.utils, name, _with_numpy(fn))
     _LUDAX_READY = True
+
+
+# ludax helpers that build constant index tables from the board's geometry with jax.numpy calls,
+# one small eager operation (compiled anew for every new shape) per line or cell.
+NUMPY_TABLES = ("_get_line_indices", "_get_custodial_indices", "_get_edge_indices", "_get_row_indices",
+                "_get_column_indices", "_get_corner_indices")
+_IN_NUMPY = {"depth": 0}
+
+
+def _with_numpy(fn):
+    """``fn`` run with ludax.utils' ``jnp`` standing for numpy, its arrays then handed to jax.
+
+    These helpers only call array constructors (arange, array, stack, astype, slicing) that numpy
+    has with the same meaning, and cast their result to an explicit dtype, so the tables are the
+    same; jax's array of numpy's result has the dtype jax would have given. Anything else (an
+    error, a result that is not an array or a tuple of arrays) runs ``fn`` as ludax wrote it.
+    The swap is module-wide while ``fn`` runs: one game is built at a time in a process (as the
+    rewarder's workers do)."""
+    import functools
+
+    import jax.numpy as jnp
+    import numpy as np
+    import ludax.utils as U
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if not _SPEEDUPS["on"] or _IN_NUMPY["depth"]:
+            return fn(*args, **kwargs)
+        real, U.jnp = U.jnp, np
+        _IN_NUMPY["depth"] += 1
+        try:
+            out = fn(*args, **kwargs)
+        except Exception:
+            out = None
+        finally:
+            _IN_NUMPY["depth"] -= 1
+            U.jnp = real
+        leaves = out if isinstance(out, tuple) else (out,)
+        if not all(type(x) is np.ndarray for x in leaves):
+            return fn(*args, **kwargs)
+        arrays = tuple(jnp.asarray(x) for x in leaves)
+        return arrays if isinstance(out, tuple) else arrays[0]
+
+    wrapper.jax_only = fn
+    return wrapper
+
+
+def _whole_board_adjacency(per_cell):
+    """ludax's adjacency table computed for all cells at once (``per_cell``: ludax's own function).
+
+    ludax puts a single piece on each cell in turn (invalid hexagon cells read as EMPTY, -1),
+    convolves the board with one 0/1 kernel per direction ('SAME', zero padding) and marks the cells
+    where the sum is positive: thousands of small eager operations. Here the same integer sums are
+    taken for every cell at once with numpy, with ludax's kernels and its cell-to-board map; any
+    board this cannot handle goes to ``per_cell``, so errors are ludax's own."""
+    import functools
+
+    import jax.numpy as jnp
+    import numpy as np
+    import ludax.utils as U
+
+    def kernels_and_cells(game_info):
+        directions = U.BOARD_SHAPE_TO_DIRECTIONS[game_info.board_shape]
+        kernels = [np.asarray(U._get_adjacency_kernel(game_info, {U.OptionalArgs.DIRECTION: d}))[0, 0]
+                   for d in directions]
+        _, _, board_to_mask = U._get_mask_board_conversion_fns(game_info)
+        height, width = (int(d) for d in game_info.board_dims)
+        row_of, col_of = np.indices((height, width))  # numpy boards: ludax's own cell order, no jax op
+        rows, cols = (np.asarray(board_to_mask(grid)).astype(np.int64) for grid in (row_of, col_of))
+        return kernels, rows, cols
+
+    @functools.wraps(per_cell)
+    def adjacency(game_info):
+        try:
+            kernels, rows, cols = kernels_and_cells(game_info)
+            n = int(game_info.board_size)
+            height, width = (int(d) for d in game_info.board_dims)
+            if n <= 0 or rows.shape != (n,) or cols.shape != (n,):
+                raise ValueError("unexpected board")
+        except Exception:
+            return per_cell(game_info)
+        boards = np.full((n, height, width), int(U.EMPTY), dtype=np.int32)  # invalid cells read as EMPTY
+        boards[:, rows, cols] = 0
+        boards[np.arange(n), rows, cols] = 1
+        table = np.zeros((len(kernels), n, n), dtype=np.int8)
+        for c, kernel in enumerate(kernels):
+            kh, kw = kernel.shape
+            padded = np.pad(boards, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2)))
+            sums = np.zeros((n, height, width), dtype=np.int32)
+            for a, b in zip(*np.nonzero(kernel)):
+                sums += int(kernel[a, b]) * padded[:, a:a + height, b:b + width]
+            table[c] = sums[:, rows, cols] > 0
+        return jnp.asarray(table, dtype=U.BOARD_DTYPE)
+
+    adjacency.per_cell = per_cell
+    return adjacency
 
 
 def _on_disk(fn, game_info, key):
@@ -293,7 +411,16 @@ def _short(err: BaseException) -> str:
 def evaluate_in_process(description: str, n_playouts: int = 100, max_turns: int = 500,
                         seed: int = 0, fast: bool = True) -> GameResult:
     """Compile and play one description in this process (no timeout: see ``GameRewarder``).
-    ``fast=False`` turns off the speed-ups that change no score (module doc)."""
+    ``fast=False`` turns off the speed-ups that change no score: ludax runs as installed (module doc)."""
+    previous = _SPEEDUPS["on"]
+    _SPEEDUPS["on"] = bool(fast)
+    try:
+        return _evaluate(description, n_playouts, max_turns, seed, fast)
+    finally:
+        _SPEEDUPS["on"] = previous
+
+
+def _evaluate(description: str, n_playouts: int, max_turns: int, seed: int, fast: bool) -> GameResult:
     t0 = time.perf_counter()
     result = GameResult("no_compile", REWARD_NO_COMPILE, description_hash(description), n_playouts=n_playouts)
     try:
